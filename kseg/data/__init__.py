@@ -1,0 +1,1 @@
+"""Datasets: readers of on-disk layouts, the TFRecord format and the tf.data pipeline."""
