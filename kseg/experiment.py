@@ -1,0 +1,129 @@
+"""A whole run put together from small configs: data, model, E-step, optimiser, loop.
+
+Scripts turn flags into an `Experiment` and call `run_training` or
+`evaluate_run`; the run's settings are written to `model_dir/config.json`
+so evaluation, export and prediction rebuild the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kseg import evaluate as eval_lib
+from kseg import model as model_lib
+from kseg import targets, train_lib
+from kseg.data import pipeline, prepare, records
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which records train and validate, and how examples are supervised.
+
+    `supervision` is the kind of every training example, or, when
+    `num_strong` >= 0, of the weak part: the first `num_strong` images of a
+    seeded permutation of the training list are strong, the rest weak, and
+    each batch holds `strong_per_batch` + `weak_per_batch` of them.
+    """
+
+    data_dir: str | None = None  # None: the embedded dataset (made on first use)
+    train_split: str = "train"
+    val_split: str = "val"
+    supervision: str = "strong"
+    batch_size: int = 20
+    num_strong: int = -1
+    strong_per_batch: int = 10
+    weak_per_batch: int = 10
+
+    def resolved_dir(self) -> str:
+        return self.data_dir or prepare.ensure_embedded_records()
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    data: DataConfig
+    model: model_lib.ModelConfig
+    input: pipeline.InputConfig
+    estep: targets.EStepConfig
+    optim: train_lib.OptimConfig
+    loop: train_lib.LoopConfig
+    init: str = "random"
+    seed: int = 0
+
+
+def make_streams(data: DataConfig, data_dir: str, seed: int) -> list[pipeline.Stream]:
+    """The training streams of a DataConfig (one, or strong + weak)."""
+    pattern = records.split_pattern(data_dir, data.train_split)
+    targets.kind_id(data.supervision)
+    if data.num_strong < 0:
+        return [pipeline.Stream(pattern, data.supervision, data.batch_size)]
+    ids = records.read_split_info(data_dir, data.train_split)["ids"]
+    if not 0 < data.num_strong < len(ids):
+        raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
+                         f"for split {data.train_split!r} of {data_dir}")
+    strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
+    return [pipeline.Stream(pattern, "strong", data.strong_per_batch, ids=strong),
+            pipeline.Stream(pattern, data.supervision, data.weak_per_batch, ids=strong,
+                            exclude_ids=True)]
+
+
+def val_evaluator(data_dir: str, split: str, num_classes: int) -> Callable:
+    """network -> evaluation dict on a prepared split (no CRF)."""
+    dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
+
+    def run(network):
+        return eval_lib.evaluate(eval_lib.network_predictions(network, dataset), num_classes)
+    return run
+
+
+def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains (or resumes) the experiment in `exp.loop.model_dir`."""
+    keras.utils.set_random_seed(exp.seed)
+    data_dir = exp.data.resolved_dir()
+    info = records.read_split_info(data_dir, exp.data.train_split)
+    if info["num_classes"] != exp.model.num_classes:
+        raise ValueError(f"the model has {exp.model.num_classes} classes but {data_dir} has "
+                         f"{info['num_classes']} ({info['class_names']}); set --num_classes")
+    train_lib.save_run_config(exp.loop.model_dir, {
+        **dataclasses.asdict(exp), "data_dir": data_dir, "class_names": info["class_names"]})
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        network = model_lib.build_deeplab(exp.model)
+        model_lib.initialise(network, exp.model.fov, exp.init)
+        trainer = train_lib.Trainer(network, exp.estep, exp.optim)
+        trainer.compile(optimizer=train_lib.make_optimizer(exp.optim))
+    dataset = pipeline.train_dataset(make_streams(exp.data, data_dir, exp.seed), exp.input)
+    evaluate_fn = None
+    if exp.data.val_split:
+        evaluate_fn = val_evaluator(data_dir, exp.data.val_split, exp.model.num_classes)
+    return train_lib.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+
+
+def load_network(model_dir: str):
+    """Rebuilds a run's network from `config.json` and its newest checkpoint.
+
+    Returns (network, run config dict)."""
+    config = train_lib.load_run_config(model_dir)
+    network = model_lib.build_deeplab(model_lib.ModelConfig(**config["model"]))
+    checkpoint = train_lib.restore_network(network, model_dir)
+    print(f"loaded {checkpoint}", file=sys.stderr)
+    return network, config
+
+
+def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None,
+                 on_image: Callable | None = None) -> dict:
+    """Evaluates a run's newest checkpoint on a split; writes eval_<split>.json."""
+    network, config = load_network(model_dir)
+    data_dir = data_dir or config["data_dir"]
+    dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
+    result = eval_lib.evaluate(eval_lib.network_predictions(network, dataset, on_image),
+                               network.output_shape[-1])
+    result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
+    eval_lib.write_json(result, os.path.join(model_dir, f"eval_{split}.json"))
+    return result

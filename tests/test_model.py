@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import keras
+
+from kseg import model
+
+
+@pytest.mark.parametrize("fov", ["large", "small"])
+def test_full_size_maps_321_to_41(fov):
+    net = model.build_deeplab(model.ModelConfig(num_classes=21, fov=fov))
+    scores = net(np.zeros((1, 321, 321, 3), np.float32))
+    assert scores.shape == (1, 41, 41, 21)
+    if fov == "large":
+        # VGG-16 convs 14.71M + fc6 3x3x512x1024 + fc7 1024x1024 + fc8 1024x21.
+        assert abs(net.count_params() - 20.5e6) < 0.1e6
+        assert net.get_layer("fc6").kernel.shape == (3, 3, 512, 1024)
+    else:
+        assert net.get_layer("fc6").kernel.shape == (4, 4, 512, 4096)
+
+
+@pytest.mark.parametrize("size,expected", [(129, 17), (128, 16), (64, 8), (8, 1)])
+def test_output_stride_8(size, expected):
+    net = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625))
+    assert net(np.zeros((2, size, size, 3), np.float32)).shape == (2, expected, expected, 3)
+    assert model.score_map_size(size) == expected
+
+
+def test_layer_names_match_vgg16():
+    net = model.build_deeplab(model.ModelConfig(width=0.0625))
+    vgg_convs = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                 for i in range(1, n + 1)]
+    for name in vgg_convs:
+        assert net.get_layer(name) is not None
+    assert net.get_layer("block5_conv1").dilation_rate == (2, 2)
+    assert net.get_layer("fc6").dilation_rate == (12, 12)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="fov"):
+        model.ModelConfig(fov="medium")
+    with pytest.raises(ValueError, match="width"):
+        model.ModelConfig(width=0)
+
+
+def test_preprocess_round_trip():
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    x = model.preprocess(images).numpy()
+    # BGR order minus the mean.
+    np.testing.assert_allclose(x[..., 0], images[..., 2] - model.MEAN_BGR[0], atol=1e-4)
+    np.testing.assert_array_equal(model.deprocess(x).numpy(), images)
+
+
+@pytest.mark.parametrize("fov", ["large", "small"])
+def test_vgg16_weight_surgery(tmp_path, fov):
+    vgg = keras.applications.VGG16(weights=None, include_top=True)
+    rng = np.random.default_rng(1)
+    for name in ("fc1", "fc2", "block3_conv2"):
+        layer = vgg.get_layer(name)
+        layer.set_weights([rng.normal(size=w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+    path = str(tmp_path / "vgg16.weights.h5")
+    vgg.save_weights(path)
+
+    net = model.build_deeplab(model.ModelConfig(num_classes=21, fov=fov))
+    model.initialise(net, fov, path)
+    for i, layer in enumerate(vgg.layers):
+        if "conv" in layer.name:
+            for a, b in zip(layer.get_weights(), net.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+    fc1_kernel, fc1_bias = vgg.get_layer("fc1").get_weights()
+    fc2_kernel, fc2_bias = vgg.get_layer("fc2").get_weights()
+    fc6_kernel, fc6_bias = net.get_layer("fc6").get_weights()
+    fc7_kernel, fc7_bias = net.get_layer("fc7").get_weights()
+    full = fc1_kernel.reshape(7, 7, 512, 4096)
+    if fov == "large":
+        # 3x3 taps at rows/cols 0, 3, 6; every 4th output channel.
+        np.testing.assert_array_equal(fc6_kernel[1, 2], full[3, 6, :, ::4])
+        np.testing.assert_array_equal(fc6_bias, fc1_bias[::4])
+        np.testing.assert_array_equal(fc7_kernel[0, 0], fc2_kernel[::4, ::4])
+        np.testing.assert_array_equal(fc7_bias, fc2_bias[::4])
+    else:
+        # 4x4 taps at rows/cols 0, 2, 4, 6; all channels.
+        np.testing.assert_array_equal(fc6_kernel[3, 1], full[6, 2])
+        np.testing.assert_array_equal(fc7_kernel[0, 0], fc2_kernel)
+        np.testing.assert_array_equal(fc7_bias, fc2_bias)
+
+
+def test_surgery_needs_width_one_and_an_existing_file(tmp_path):
+    net = model.build_deeplab(model.ModelConfig(width=0.25))
+    with pytest.raises(FileNotFoundError, match="no VGG-16 weights"):
+        model.initialise(net, "large", str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match="width-1"):
+        model.load_vgg16_weights(net, "large", str(tmp_path / "missing.h5"))
