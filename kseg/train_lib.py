@@ -170,7 +170,6 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
 
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     writer = tf.summary.create_file_writer(os.path.join(loop.model_dir, "train"))
-    schedule = trainer.optimizer.learning_rate
     logs: dict = {}
     start, start_step = time.time(), step
     while step < loop.num_steps:
@@ -181,7 +180,7 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 f"loss is {logs['loss']} at step {step}; stopping. The last good checkpoint "
                 f"is kept: {manager.latest_checkpoint}. Lower --learning_rate?")
         if step % loop.log_every == 0 or step == loop.num_steps:
-            lr = float(schedule(step - 1)) if callable(schedule) else float(schedule)
+            lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
             rate = (step - start_step) / max(time.time() - start, 1e-9)
             log(f"step {step}/{loop.num_steps} " + " ".join(
                 f"{k}={v:.4f}" for k, v in logs.items()) + f" lr={lr:.2e} ({rate:.2f} steps/s)")
