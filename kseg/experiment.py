@@ -20,6 +20,7 @@ from kseg import evaluate as eval_lib
 from kseg import model as model_lib
 from kseg import targets, train_lib
 from kseg.data import pipeline, prepare, records
+from kseg.data.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataConfig:
 
     data_dir: str | None = None  # None: the embedded dataset (made on first use)
     train_split: str = "train"
+    weak_split: str | None = None  # records of the --supervision examples (default train_split)
     val_split: str = "val"
     supervision: str = "strong"
     batch_size: int = 20
@@ -59,17 +61,26 @@ class Experiment:
 
 def make_streams(data: DataConfig, data_dir: str, seed: int) -> list[pipeline.Stream]:
     """The training streams of a DataConfig (one, or strong + weak)."""
-    pattern = records.split_pattern(data_dir, data.train_split)
     targets.kind_id(data.supervision)
+    weak_split = data.weak_split or data.train_split
+    try:
+        records.read_split_info(data_dir, weak_split)  # a clear error if missing
+    except DataError as e:
+        if data.supervision == "bbox_seg":
+            raise DataError(f"{e}. Bbox-Seg trains on masks estimated from the boxes: "
+                            f"run scripts/bbox_seg.py to write the split {weak_split!r}") from e
+        raise
+    weak_pattern = records.split_pattern(data_dir, weak_split)
     if data.num_strong < 0:
-        return [pipeline.Stream(pattern, data.supervision, data.batch_size)]
+        return [pipeline.Stream(weak_pattern, data.supervision, data.batch_size)]
     ids = records.read_split_info(data_dir, data.train_split)["ids"]
     if not 0 < data.num_strong < len(ids):
         raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
                          f"for split {data.train_split!r} of {data_dir}")
     strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
-    return [pipeline.Stream(pattern, "strong", data.strong_per_batch, ids=strong),
-            pipeline.Stream(pattern, data.supervision, data.weak_per_batch, ids=strong,
+    return [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
+                            data.strong_per_batch, ids=strong),
+            pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch, ids=strong,
                             exclude_ids=True)]
 
 

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from kseg import targets as targets_lib
-from kseg.model import CLASSIFIER
+from kseg.model import CLASSIFIER, deprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +136,30 @@ class LoopConfig:
     num_steps: int = 6000
     steps_per_epoch: int = 500  # val evaluation once per epoch
     log_every: int = 20
+    image_every: int = 500  # TensorBoard image panels (0: never)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+
+
+def colorize(labels: tf.Tensor) -> tf.Tensor:
+    """(B, h, w) int labels -> (B, h, w, 3) uint8 in the VOC palette."""
+    from kseg.data.palette import voc_palette
+    return tf.gather(tf.constant(voc_palette()), tf.cast(labels, tf.int32))
+
+
+def write_panels(trainer: Trainer, batch: dict, step: int, max_images: int = 4) -> None:
+    """TensorBoard images: input crop | target (ground truth or E-step) | prediction.
+
+    Targets and predictions are at score-map resolution, enlarged to the crop
+    (nearest) so the three line up."""
+    batch = {k: v[:max_images] for k, v in batch.items()}
+    scores = trainer.network(batch["image"], training=False)  # (b, h, w, C)
+    target, _ = targets_lib.compute_targets(scores, batch, trainer.estep_config)
+    size = tf.shape(batch["image"])[1:3]
+    enlarge = lambda x: tf.image.resize(colorize(x), size, "nearest")  # noqa: E731
+    panel = tf.concat([deprocess(batch["image"]), enlarge(target),
+                       enlarge(tf.argmax(scores, -1))], axis=2)  # (b, S, 3S, 3)
+    tf.summary.image("input | target | prediction", panel, step=step, max_outputs=max_images)
 
 
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
@@ -168,6 +190,7 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
         out = strategy.run(trainer.train_step, args=(batch,))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in out.items()}
 
+    panel_batch = next(iter(dataset)) if loop.image_every else None
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     writer = tf.summary.create_file_writer(os.path.join(loop.model_dir, "train"))
     logs: dict = {}
@@ -190,6 +213,9 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 tf.summary.scalar("learning_rate", lr)
             for m in trainer.metrics:
                 m.reset_state()
+        if loop.image_every and (step % loop.image_every == 0 or step == loop.num_steps):
+            with writer.as_default():
+                write_panels(trainer, panel_batch, step)
         if step % loop.checkpoint_every == 0 or step == loop.num_steps:
             manager.save(checkpoint_number=step)
         if evaluate_fn is not None and (step % loop.steps_per_epoch == 0 or step == loop.num_steps):

@@ -16,6 +16,8 @@ def define_data_flags():
                         "default: the embedded dataset, generated on first use.")
     flags.DEFINE_string("train_split", "train", "Training split of --data_dir.")
     flags.DEFINE_string("val_split", "val", "Validation split ('' for none).")
+    flags.DEFINE_string("weak_split", None, "Split of the --supervision examples (default "
+                        "--train_split; Bbox-Seg: the split scripts/bbox_seg.py wrote).")
 
 
 def define_train_flags():
@@ -61,6 +63,7 @@ def define_train_flags():
     flags.DEFINE_integer("num_steps", 6000, "Training steps.")
     flags.DEFINE_integer("steps_per_epoch", 500, "Steps between val evaluations.")
     flags.DEFINE_integer("log_every", 20, "Steps between log lines / summaries.")
+    flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image panels (0: none).")
     flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("model_dir", None, "Run directory (default runs/<flagfile name>).")
@@ -70,7 +73,8 @@ def experiment_from_flags(model_dir: str) -> experiment.Experiment:
     f = FLAGS
     return experiment.Experiment(
         data=experiment.DataConfig(
-            data_dir=f.data_dir, train_split=f.train_split, val_split=f.val_split,
+            data_dir=f.data_dir, train_split=f.train_split, weak_split=f.weak_split,
+            val_split=f.val_split,
             supervision=f.supervision, batch_size=f.batch_size, num_strong=f.num_strong,
             strong_per_batch=f.strong_per_batch, weak_per_batch=f.weak_per_batch),
         model=model.ModelConfig(num_classes=f.num_classes, fov=f.fov, width=f.width,
@@ -88,5 +92,5 @@ def experiment_from_flags(model_dir: str) -> experiment.Experiment:
             classifier_lr_mult=f.classifier_lr_mult),
         loop=train_lib.LoopConfig(
             model_dir=model_dir, num_steps=f.num_steps, steps_per_epoch=f.steps_per_epoch,
-            log_every=f.log_every, checkpoint_every=f.checkpoint_every),
+            log_every=f.log_every, image_every=f.image_every, checkpoint_every=f.checkpoint_every),
         init=f.init, seed=f.seed)

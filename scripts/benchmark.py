@@ -1,0 +1,73 @@
+"""Measures what BENCHMARKS.md reports, on this machine, as ratios where it can.
+
+    python scripts/benchmark.py --what=pipeline,estep [--estep_width=0.5]
+
+pipeline: input-pipeline images/s against the model's training images/s at
+  the same batch and crop (the embedded strong.cfg setting).
+estep: training-step time of each E-step kind relative to a strong step on
+  the same batch, at 321x321 crops.
+crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
+"""
+
+from absl import app, flags
+
+from kseg import benchmark, model
+from kseg.data import pipeline, prepare, records
+
+flags.DEFINE_list("what", ["pipeline", "estep", "crf"], "Which measurements to run.")
+flags.DEFINE_integer("batch_size", 10, "Batch of the pipeline/training comparison.")
+flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison.")
+flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
+flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
+flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
+flags.DEFINE_integer("estep_rounds", 5, "Measured steps per kind (median).")
+flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+FLAGS = flags.FLAGS
+
+
+def bench_pipeline():
+    data_dir = prepare.ensure_embedded_records()
+    num_classes = records.read_split_info(data_dir, "train")["num_classes"]
+    config = pipeline.InputConfig(num_classes=num_classes, crop_size=FLAGS.crop_size)
+    pattern = records.split_pattern(data_dir, "train")
+    streams = [pipeline.Stream(pattern, "bbox_em_fixed", FLAGS.batch_size)]
+    feed = benchmark.pipeline_images_per_second(streams, config)
+    trainer = benchmark.make_trainer(model.ModelConfig(num_classes, width=FLAGS.width))
+    batch = next(iter(pipeline.train_dataset(streams, config)))
+    step = benchmark.train_step_seconds(trainer, {"train": batch})["train"]
+    train = FLAGS.batch_size / step
+    print(f"pipeline: {feed:.1f} images/s (crop {FLAGS.crop_size}, flip, box masks, batch "
+          f"{FLAGS.batch_size}); training: {train:.1f} images/s (width {FLAGS.width}); "
+          f"ratio pipeline/training = {feed / train:.1f}")
+
+
+def bench_estep():
+    num_classes = 21
+    trainer = benchmark.make_trainer(model.ModelConfig(num_classes, width=FLAGS.estep_width))
+    batch = benchmark.synthetic_batch(FLAGS.estep_batch, 321, num_classes)
+    kinds = ("strong", "em_fixed", "em_adapt", "bbox_em_fixed")
+    times = benchmark.train_step_seconds(
+        trainer, {k: benchmark.with_kind(batch, k) for k in kinds}, rounds=FLAGS.estep_rounds)
+    print(f"E-step cost at 321x321, batch {FLAGS.estep_batch}, width {FLAGS.estep_width}, "
+          f"{num_classes} labels (median of {FLAGS.estep_rounds} steps):")
+    for kind in kinds:
+        print(f"  {kind:<14} {times[kind]:.3f} s/step  ratio to strong "
+              f"{times[kind] / times['strong']:.3f}")
+
+
+def bench_crf():
+    from kseg import crf_bench
+    result = crf_bench.benchmark_crf(num_images=FLAGS.crf_images)
+    for run in result["runs"]:
+        print(f"crf: workers={run['workers']} {run['images_per_second']:.2f} images/s")
+    print(f"crf pool speed-up: {result['speedup']:.2f}x")
+
+
+def main(argv):
+    del argv
+    for what in FLAGS.what:
+        {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf}[what]()
+
+
+if __name__ == "__main__":
+    app.run(main)
