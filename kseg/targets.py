@@ -99,15 +99,19 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
     return tf.stop_gradient(targets), stats
 
 
-def masked_cross_entropy(scores: tf.Tensor, targets: tf.Tensor):
+def masked_cross_entropy(scores: tf.Tensor, targets: tf.Tensor, label_space=None):
     """Softmax cross-entropy summed over non-ignored pixels.
 
-    scores (B, h, w, C) logits, targets (B, h, w) int32 with 255 ignored.
+    scores (B, h, w, C) logits, targets (B, h, w) int32 with 255 ignored;
+    label_space (B, C) bool, optional: the labels of each example's dataset
+    (Cross-Joint training): the softmax runs over those labels only.
     Returns (sum of losses, number of counted pixels), both float32 scalars,
     so the caller can normalise by the pixel count of the global batch.
     """
     counted = tf.not_equal(targets, estep.IGNORE_LABEL)  # (B, h, w)
     safe = tf.where(counted, targets, 0)
+    if label_space is not None:
+        scores = tf.where(label_space[:, None, None, :], scores, -1e9)  # (B, h, w, C)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=scores)
     losses = tf.where(counted, losses, 0.0)  # (B, h, w)
     return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(counted, tf.float32))

@@ -107,7 +107,8 @@ class Trainer(keras.Model):
         with tf.GradientTape() as tape:
             scores = self.network(batch["image"], training=True)  # (B, h, w, C)
             targets, stats = targets_lib.compute_targets(scores, batch, self.estep_config)
-            loss_sum, counted = targets_lib.masked_cross_entropy(scores, targets)
+            loss_sum, counted = targets_lib.masked_cross_entropy(
+                scores, targets, batch.get("label_space"))
             # Normalise by the global batch's pixel count so that replica
             # gradients add up to the single-device gradient.
             loss = loss_sum / tf.maximum(_sum_over_replicas(counted), 1.0)
