@@ -56,6 +56,8 @@ class Experiment:
     optim: train_lib.OptimConfig
     loop: train_lib.LoopConfig
     init: str = "random"
+    init_from: str | None = None  # a run directory to start from (Cross-Pretrain)
+    reset_classifier: bool = False  # with init_from: a fresh fc8
     seed: int = 0
 
 
@@ -107,6 +109,8 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
         model_lib.initialise(network, exp.model.fov, exp.init)
+        if exp.init_from:
+            init_from_run(network, exp.init_from, exp.reset_classifier)
         trainer = train_lib.Trainer(network, exp.estep, exp.optim)
         trainer.compile(optimizer=train_lib.make_optimizer(exp.optim))
     dataset = pipeline.train_dataset(make_streams(exp.data, data_dir, exp.seed), exp.input)
@@ -114,6 +118,23 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     if exp.data.val_split:
         evaluate_fn = val_evaluator(data_dir, exp.data.val_split, exp.model.num_classes)
     return train_lib.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+
+
+def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
+    """Copies the weights of another run's newest checkpoint into `network`,
+    all but the classifier with `reset_classifier` (Cross-Pretrain: COCO
+    weights, then a fresh fc8 for VOC)."""
+    source, _ = load_network(run_dir)
+    for layer in network.layers:
+        if not layer.weights or (reset_classifier and layer.name == model_lib.CLASSIFIER):
+            continue
+        weights = source.get_layer(layer.name).get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            raise ValueError(
+                f"--init_from={run_dir}: layer {layer.name} has shapes "
+                f"{[w.shape for w in weights]} there but {[tuple(w.shape) for w in layer.weights]}"
+                " here (other classes? add --reset_classifier)")
+        layer.set_weights(weights)
 
 
 def load_network(model_dir: str):

@@ -55,13 +55,17 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
     Args:
       scores: (B, h, w, C) float logits; no gradient flows into the targets.
       batch: dict with kind (B,) int32, label (B, h, w) int32, valid (B, h, w)
-        bool, image_labels (B, C) float multi-hot, box_mask (B, h, w, C) bool.
+        bool, image_labels (B, C) float multi-hot, box_mask (B, h, w, C) bool,
+        optionally label_space (B, C) bool: E-steps only choose among the
+        labels of the example's own dataset.
     Returns:
       targets (B, h, w) int32 with 255 = ignored, and a dict of scalar
       statistics of the weak examples' E-step (`bg_fraction`,
       `fg_fraction`, `adapt_bias`).
     """
     scores = tf.stop_gradient(scores)  # (B, h, w, C)
+    if "label_space" in batch:
+        scores = tf.where(batch["label_space"][:, None, None, :], scores, -1e9)
     kind, valid = batch["kind"], batch["valid"]  # (B,), (B, h, w)
     targets = estep.strong(batch["label"], valid)  # (B, h, w)
     adapt_bias = tf.constant(0.0)

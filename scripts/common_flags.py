@@ -36,6 +36,9 @@ def define_train_flags():
     flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7.")
     flags.DEFINE_string("init", "random", "'random', 'imagenet' (download through Keras) "
                         "or a local keras.applications.VGG16 weights file.")
+    flags.DEFINE_string("init_from", None, "A training run directory whose newest checkpoint "
+                        "initialises the network (Cross-Pretrain).")
+    flags.DEFINE_bool("reset_classifier", False, "With --init_from: a fresh classifier (fc8).")
     flags.DEFINE_integer("crop_size", 321, "Training crop side (8k+1 is best).")
     flags.DEFINE_bool("flip", True, "Random horizontal flips.")
     flags.DEFINE_enum("image_labels_from", "image", ["image", "crop"],
@@ -93,4 +96,4 @@ def experiment_from_flags(model_dir: str) -> experiment.Experiment:
         loop=train_lib.LoopConfig(
             model_dir=model_dir, num_steps=f.num_steps, steps_per_epoch=f.steps_per_epoch,
             log_every=f.log_every, image_every=f.image_every, checkpoint_every=f.checkpoint_every),
-        init=f.init, seed=f.seed)
+        init=f.init, init_from=f.init_from, reset_classifier=f.reset_classifier, seed=f.seed)

@@ -105,3 +105,27 @@ def test_bad_stream_settings():
 def test_multi_hot():
     np.testing.assert_array_equal(pipeline.multi_hot(tf.constant([0, 2, 2, 9]), 4), [1, 0, 1, 0])
     np.testing.assert_array_equal(pipeline.multi_hot(tf.constant([], tf.int32), 3), [0, 0, 0])
+
+
+def test_label_map_moves_every_annotation_into_the_model_labels(tiny_records):
+    """Cross-Joint: a 6-label dataset trained inside a 9-label model."""
+    label_map = (0, 2, 4, 6, 8, 1)
+    pattern = records.split_pattern(tiny_records, "train")
+    config = pipeline.InputConfig(num_classes=9, crop_size=33, seed=4)
+    plain = next(iter(pipeline.train_dataset(
+        [pipeline.Stream(pattern, "strong", 6)],
+        pipeline.InputConfig(num_classes=6, crop_size=33, seed=4))))
+    mapped = next(iter(pipeline.train_dataset(
+        [pipeline.Stream(pattern, "strong", 6, label_map=label_map)], config)))
+    lut = np.array(list(label_map) + [0] * 249 + [255])
+    np.testing.assert_array_equal(mapped["label"], lut[plain["label"].numpy()])
+    np.testing.assert_array_equal(mapped["image_labels"].numpy()[:, list(label_map)],
+                                  plain["image_labels"])
+    np.testing.assert_array_equal(mapped["box_mask"].numpy()[..., list(label_map)],
+                                  plain["box_mask"])
+    space = np.zeros(9, bool)
+    space[list(label_map)] = True
+    assert (mapped["label_space"].numpy() == space).all()
+    assert plain["label_space"].numpy().all()
+    with pytest.raises(ValueError, match="one to one"):
+        pipeline.Stream(pattern, "strong", 1, label_map=(0, 1, 1))

@@ -13,6 +13,7 @@ number of each (the semi-supervised mix). Every batch element is a dict:
 | image_labels | (B, C) float32 | multi-hot image-level labels, background = 0 |
 | box_mask | (B, h, w, C) bool | inside a box of class c |
 | kind | (B,) int32 | supervision kind (`kseg.targets.KINDS`) |
+| label_space | (B, C) bool | the model labels of the example's dataset (Cross-Joint) |
 
 with S the crop size and h = w = ceil(S / 8).
 """
@@ -44,11 +45,16 @@ class Stream:
     per_batch: int
     ids: tuple[str, ...] | None = None
     exclude_ids: bool = False
+    # label_map[l] = the model label of the records' label l (Cross-Joint: a
+    # VOC stream in an 81-label COCO model); None: the same labels.
+    label_map: tuple[int, ...] | None = None
 
     def __post_init__(self):
         targets.kind_id(self.kind)
         if self.per_batch < 1:
             raise ValueError(f"per_batch must be >= 1, got {self.per_batch}")
+        if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
+            raise ValueError(f"label_map must map labels one to one, got {self.label_map}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +82,28 @@ def multi_hot(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
     return tf.minimum(tf.reduce_sum(one_hot, axis=0), 1.0)  # (C,)
 
 
+def remap_labels(features: dict, label_map: Sequence[int]) -> dict:
+    """Renames a parsed record's labels (mask, image labels, box classes) by
+    `label_map`; 255 stays 255. Labels outside the map raise at run time."""
+    table = tf.constant(list(label_map) + [IGNORE_LABEL] * (256 - len(label_map)), tf.int32)
+    mask_table = tf.where(tf.range(256) == IGNORE_LABEL, IGNORE_LABEL, table)
+    label = tf.gather(mask_table, tf.cast(features["label"], tf.int32))
+    return {**features, "label": label,
+            "image_labels": tf.gather(table[:len(label_map)], features["image_labels"]),
+            "box_classes": tf.gather(table[:len(label_map)], features["box_classes"])}
+
+
 def random_crop_flip(features: dict, crop_size: int, flip: bool, seed: tf.Tensor) -> dict:
     """Crops (padding first when the image is smaller) and mirrors one example.
 
     Padding goes to the bottom and right: the mean in the image (0 after
     `preprocess`), 255 in the label and False in `valid`. Boxes follow the
     crop and the flip and are clipped to the crop.
-    Returns image (S, S, 3) float32, label (S, S) uint8, valid (S, S) bool,
+    Returns image (S, S, 3) float32, label (S, S) int32, valid (S, S) bool,
     boxes (N, 4) float32, box_classes (N,) int32.
     """
     image = preprocess(features["image"])  # (H, W, 3)
-    label = features["label"]  # (H, W)
+    label = tf.cast(features["label"], tf.int32)  # (H, W)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     pad_h, pad_w = tf.maximum(crop_size - height, 0), tf.maximum(crop_size - width, 0)
     paddings = [[0, pad_h], [0, pad_w]]
@@ -115,16 +132,22 @@ def random_crop_flip(features: dict, crop_size: int, flip: bool, seed: tf.Tensor
             "valid": valid, "boxes": boxes, "box_classes": features["box_classes"]}
 
 
-def training_example(features: dict, seed: tf.Tensor, kind: str, config: InputConfig) -> dict:
+def training_example(features: dict, seed: tf.Tensor, kind: str, config: InputConfig,
+                     label_map: Sequence[int] | None = None) -> dict:
     """A parsed record -> one training example of the given kind (see module table)."""
+    if label_map is None:
+        label_space = tf.ones([config.num_classes], tf.bool)
+    else:
+        features = remap_labels(features, label_map)
+        label_space = multi_hot(tf.constant(label_map), config.num_classes) > 0
     crop = random_crop_flip(features, config.crop_size, config.flip, seed)
     size = score_map_size(config.crop_size)
-    label = tf.cast(crop["label"][::STRIDE, ::STRIDE], tf.int32)  # (h, w)
+    label = crop["label"][::STRIDE, ::STRIDE]  # (h, w)
     valid = crop["valid"][::STRIDE, ::STRIDE]  # (h, w)
     grid_boxes = crop["boxes"] / STRIDE  # score-map pixel (i, j) is crop pixel (8i, 8j).
     if config.image_labels_from == "crop":
         present = tf.boolean_mask(crop["label"], crop["label"] != IGNORE_LABEL)
-        image_labels = multi_hot(tf.cast(present, tf.int32), config.num_classes)
+        image_labels = multi_hot(present, config.num_classes)
     else:
         image_labels = multi_hot(features["image_labels"], config.num_classes)
     source = targets.LABEL_SOURCE[kind]
@@ -141,6 +164,7 @@ def training_example(features: dict, seed: tf.Tensor, kind: str, config: InputCo
         "image_labels": tf.ensure_shape(image_labels, [config.num_classes]),
         "box_mask": tf.ensure_shape(box_mask, [size, size, config.num_classes]),
         "kind": tf.constant(targets.kind_id(kind), tf.int32),
+        "label_space": label_space,
     }
 
 
@@ -172,7 +196,8 @@ def stream_dataset(stream: Stream, config: InputConfig) -> tf.data.Dataset:
         ds = ds.filter(_id_filter(stream.ids, stream.exclude_ids))
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=config.seed).batch(2))
-    ds = ds.map(lambda s, seed: training_example(parse_example(s), seed, stream.kind, config),
+    ds = ds.map(lambda s, seed: training_example(parse_example(s), seed, stream.kind, config,
+                                                 stream.label_map),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.seed is not None)
     return ds.batch(stream.per_batch, drop_remainder=True)
 
