@@ -119,10 +119,13 @@ def em_fixed(scores, image_labels, valid=None, fg_bias=5.0, bg_bias=3.0):
 def _visiting_order(present, num_iter, seed):
     """Label visited at each slot of EM-Adapt, per image.
 
-    Each of the `num_iter` passes has C slots: slot 0 is background, slots
-    1..C-1 hold the foreground labels in a fresh per-image random order.
-    Absent labels keep their slot and are skipped later (a no-op), which keeps
-    the loop length fixed and the batch vectorised.
+    Each of the `num_iter` passes has P slots, P = 1 + the largest number of
+    present foreground labels of any image of the batch: slot 0 is
+    background, the next slots hold the image's present foreground labels in
+    a fresh random order (absent labels are sorted behind them). Slots past
+    an image's own labels hold absent labels and are skipped later (no-ops),
+    which keeps the loop length the same for the whole batch but as short as
+    the batch allows.
 
     Args:
       present: (B, C) bool.
@@ -130,7 +133,7 @@ def _visiting_order(present, num_iter, seed):
       seed: None for stateful random ops, or an int for stateless ones.
 
     Returns:
-      (num_iter * C, B) int32 label index per slot and image.
+      (num_iter * P, B) int32 label index per slot and image.
     """
     batch = tf.shape(present)[0]
     num_labels = tf.shape(present)[1]
@@ -139,11 +142,14 @@ def _visiting_order(present, num_iter, seed):
         keys = tf.random.uniform(shape)  # (T, B, C-1)
     else:
         keys = tf.random.stateless_uniform(shape, seed=[int(seed), 0])  # (T, B, C-1)
+    keys = tf.where(present[tf.newaxis, :, 1:], keys, 2.0)  # absent labels last
     fg_order = tf.argsort(keys, axis=-1) + 1  # (T, B, C-1) int32
     bg_first = tf.zeros(tf.stack([num_iter, batch, 1]), tf.int32)  # (T, B, 1)
     order = tf.concat([bg_first, fg_order], axis=-1)  # (T, B, C)
-    order = tf.transpose(order, [0, 2, 1])  # (T, C, B)
-    return tf.reshape(order, tf.stack([-1, batch]))  # (T * C, B)
+    num_fg = tf.reduce_sum(tf.cast(present[:, 1:], tf.int32), axis=1)  # (B,)
+    slots = 1 + tf.reduce_max(tf.concat([num_fg, [0]], axis=0))  # P
+    order = tf.transpose(order[:, :, :slots], [0, 2, 1])  # (T, P, B)
+    return tf.reshape(order, tf.stack([-1, batch]))  # (T * P, B)
 
 
 def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
@@ -171,9 +177,10 @@ def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
     present labels only, so a tie left by margin=0 or lost to float rounding
     can never go to an absent label. An image with no present label at all
     falls back to the plain argmax. Padding (valid False) counts neither in M
-    nor in the percentile. Batched: the loop runs over a fixed number of
-    visiting slots (num_iter * C) with a per-image random permutation, and
-    skipped slots (absent labels) are no-ops.
+    nor in the percentile. Batched: the loop runs over num_iter * P visiting
+    slots (P = 1 + most present foreground labels in an image of the batch)
+    with a per-image random permutation; slots past an image's own labels
+    are no-ops.
 
     Args:
       scores: (B, h, w, C) float logits at score-map resolution.

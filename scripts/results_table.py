@@ -1,0 +1,65 @@
+"""Trains and evaluates a list of flagfiles, then writes their val mIoU as a table.
+
+    python scripts/results_table.py --flagfiles=flags/strong.cfg,flags/em_fixed.cfg \
+        --out=RESULTS.md [--runs_dir=runs]
+
+Each run lives in <runs_dir>/<flagfile name> and resumes if interrupted; a
+finished run (eval_val.json newer than its last checkpoint) is not redone.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_list("flagfiles", None, "Flagfiles to run, in table order.", required=True)
+flags.DEFINE_string("runs_dir", "runs", "Where the run directories go.")
+flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
+flags.DEFINE_multi_string("extra", [], "Extra flags passed to every train.py run.")
+FLAGS = flags.FLAGS
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_one(flagfile: str) -> dict:
+    name = os.path.splitext(os.path.basename(flagfile))[0]
+    model_dir = os.path.join(FLAGS.runs_dir, name)
+    result_path = os.path.join(model_dir, "eval_val.json")
+    timing_path = os.path.join(model_dir, "train_seconds.txt")
+    if not os.path.exists(result_path):
+        start = time.time()
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "train.py"),
+                        f"--flagfile={flagfile}", f"--model_dir={model_dir}", *FLAGS.extra],
+                       check=True)
+        with open(timing_path, "w") as f:
+            f.write(f"{time.time() - start:.0f}\n")
+        subprocess.run([sys.executable, os.path.join(SCRIPTS, "evaluate.py"),
+                        f"--model_dir={model_dir}"], check=True)
+    with open(result_path) as f:
+        result = json.load(f)
+    seconds = open(timing_path).read().strip() if os.path.exists(timing_path) else "?"
+    return {"name": name, "flagfile": flagfile, "seconds": seconds, **result}
+
+
+def main(argv):
+    del argv
+    rows = [run_one(f) for f in FLAGS.flagfiles]
+    names = rows[0]["class_names"]
+    lines = ["| flagfile | val mIoU | pixel acc. | " + " | ".join(names) + " | train s |",
+             "|---" * (len(names) + 4) + "|"]
+    for r in rows:
+        ious = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["per_class_iou"])
+        lines.append(f"| `{r['flagfile']}` | **{100 * r['miou']:.1f}** | "
+                     f"{100 * r['pixel_accuracy']:.1f} | {ious} | {r['seconds']} |")
+    table = "\n".join(lines)
+    with open(FLAGS.out, "w") as f:
+        f.write("# Results on the embedded dataset (val, no CRF)\n\n"
+                "Written by `python scripts/results_table.py "
+                f"--flagfiles={','.join(FLAGS.flagfiles)}`.\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
