@@ -9,6 +9,11 @@ estep: training-step time of each E-step kind relative to a strong step on
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
 """
 
+import contextlib
+import io
+import os
+import sys
+
 from absl import app, flags
 
 from kseg import benchmark, model
@@ -22,6 +27,8 @@ flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
 flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
 flags.DEFINE_integer("estep_rounds", 5, "Measured steps per kind (median).")
 flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
+                    "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 FLAGS = flags.FLAGS
 
 
@@ -63,10 +70,28 @@ def bench_crf():
     print(f"crf pool speed-up: {result['speedup']:.2f}x")
 
 
+def write_section(path, what, text):
+    """Replaces the `what` section of a markdown file (kept between markers)."""
+    begin, end = f"<!-- {what}:begin -->", f"<!-- {what}:end -->"
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{begin}\n```\n$ python scripts/benchmark.py --what={what}\n{text}```\n{end}"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
 def main(argv):
     del argv
     for what in FLAGS.what:
-        {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf}[what]()
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf}[what]()
+        sys.stdout.write(buffer.getvalue())
+        if FLAGS.out:
+            write_section(FLAGS.out, what, buffer.getvalue())
 
 
 if __name__ == "__main__":

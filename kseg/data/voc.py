@@ -9,9 +9,13 @@
 Labels: 0 background, 1..L object classes, 255 void (VOC's object borders).
 Boxes everywhere in kseg are float32 [ymin, xmin, ymax, xmax] in 0-based
 half-open pixel coordinates (ymax = last row + 1).
+
+The augmented training set (SBD's SegmentationClassAug and the 10,582-image
+train_aug list) is read by kseg/data/sbd.py on top of this module.
 """
 
 import dataclasses
+import io
 import os
 import xml.etree.ElementTree as ElementTree
 from typing import Optional
@@ -52,6 +56,60 @@ def annotation_path(root, image_id):
     return os.path.join(root, "Annotations", f"{image_id}.xml")
 
 
+def parse_id_line(line):
+    """The image id of one line of an image list, or None for a blank line.
+
+    Only the first token counts: VOC's per-class lists append a flag column.
+    Lists of the augmented set may hold paths instead of ids
+    ('/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png'):
+    a token with a '/' stands for its file name without the extension.
+    """
+    tokens = line.split()
+    if not tokens:
+        return None
+    token = tokens[0]
+    if "/" in token:
+        token = os.path.splitext(os.path.basename(token))[0]
+    return token
+
+
+def read_id_list(path, what):
+    """Reads an image list file, keeping repeated ids (the caller decides).
+
+    Args:
+      path: text file, one id (or path, see parse_id_line) per line.
+      what: how to call the list in messages, e.g. "the 'train' image list".
+
+    Returns:
+      list of str ids in file order, repeats included.
+
+    Raises:
+      DataError: the file is missing, unreadable or empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path}: cannot read {what} ({error}); expected a text file "
+            "with one image id per line") from error
+    ids = [image_id for image_id in map(parse_id_line, lines) if image_id]
+    if not ids:
+        raise DataError(
+            f"{path}: {what} is empty; expected one image id per line")
+    return ids
+
+
+def split_duplicates(ids):
+    """(ids with repeats removed, keeping first occurrences; the repeats)."""
+    seen = set()
+    unique, repeats = [], []
+    for image_id in ids:
+        (repeats if image_id in seen else unique).append(image_id)
+        seen.add(image_id)
+    return unique, repeats
+
+
 def read_split_ids(root, split):
     """Reads the image ids of a split list, one id per line.
 
@@ -62,25 +120,8 @@ def read_split_ids(root, split):
       DataError: the list file is missing, empty, or repeats an id.
     """
     path = split_path(root, split)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as error:
-        raise DataError(
-            f"{path}: cannot read the '{split}' image list ({error}); expected "
-            "a text file with one image id per line") from error
-    # Only the first token counts: VOC's per-class lists append a flag column.
-    ids = [line.split()[0] for line in lines if line.strip()]
-    if not ids:
-        raise DataError(
-            f"{path}: the '{split}' image list is empty; expected one image "
-            "id per line")
-    seen = set()
-    duplicates = []
-    for image_id in ids:
-        if image_id in seen:
-            duplicates.append(image_id)
-        seen.add(image_id)
+    ids, duplicates = split_duplicates(
+        read_id_list(path, f"the '{split}' image list"))
     if duplicates:
         raise DataError(
             f"{path}: the '{split}' image list repeats ids "
@@ -106,6 +147,44 @@ def read_image(path):
         raise DataError(
             f"{path}: cannot decode image ({error}); expected a complete "
             "JPEG/PNG image file") from error
+
+
+# Encodings TensorFlow's decode_image reads as they are; other files (e.g. a
+# CMYK JPEG, a BMP) are re-encoded as PNG when a record is written.
+_TF_FORMATS = ("JPEG", "PNG")
+_TF_MODES = ("RGB", "L")
+
+
+def read_encoded_image(path):
+    """Reads an image file for a record: its bytes and its decoded pixels.
+
+    The bytes are kept as they are on disk when TensorFlow decodes them to
+    the same pixels (RGB or greyscale JPEG/PNG); any other image is
+    re-encoded as an RGB PNG.
+
+    Returns:
+      encoded: bytes to store.
+      image: (H, W, 3) uint8 RGB, fully decoded (so truncation is caught).
+      reencoded: bool, True when `encoded` is not the file's own bytes.
+
+    Raises:
+      DataError: missing, unreadable or truncated file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as image:
+            keep = image.format in _TF_FORMATS and image.mode in _TF_MODES
+            pixels = np.array(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(
+            f"{path}: cannot decode image ({error}); expected a complete "
+            "JPEG/PNG image file") from error
+    if keep:
+        return data, pixels, False
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue(), pixels, True
 
 
 def boxes_from_instances(class_mask, object_mask):
@@ -212,15 +291,22 @@ class VocExample:
       class_mask: (H, W) uint8 labels (255 void), or None when absent.
       boxes: (N, 4) float32 [ymin, xmin, ymax, xmax], 0-based half-open.
       box_classes: (N,) int32 class of each box.
+      image_encoded: the bytes to store for the image (see
+        read_encoded_image); b"" when built without them.
+      image_reencoded: True when image_encoded is not the file's own bytes.
     """
     image_id: str
     image: np.ndarray
     class_mask: Optional[np.ndarray]
     boxes: np.ndarray
     box_classes: np.ndarray
+    image_encoded: bytes = b""
+    image_reencoded: bool = False
 
 
-def _check_mask(mask, path, image_shape, num_classes):
+def check_mask(mask, path, image_shape, num_classes):
+    """Raises DataError (naming `path`) unless `mask` is (H, W) = image_shape
+    with values in [0, num_classes) or 255."""
     if mask.shape != image_shape:
         raise DataError(
             f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs "
@@ -235,7 +321,7 @@ def _check_mask(mask, path, image_shape, num_classes):
 
 
 def load_example(root, image_id, num_classes, class_names,
-                 require_mask=True):
+                 require_mask=True, image_file=None):
     """Reads and validates one example of a VOC-layout dataset.
 
     Boxes come from SegmentationObject when it exists (tight boxes of the
@@ -247,6 +333,7 @@ def load_example(root, image_id, num_classes, class_names,
       num_classes: number of labels including background.
       class_names: names for the XML boxes; position = class index.
       require_mask: when true a missing SegmentationClass PNG is an error.
+      image_file: the image, when not at JPEGImages/<image_id>.jpg.
 
     Returns:
       VocExample.
@@ -254,17 +341,17 @@ def load_example(root, image_id, num_classes, class_names,
     Raises:
       DataError: naming the file at fault.
     """
-    path = image_path(root, image_id)
+    path = image_file or image_path(root, image_id)
     if not os.path.isfile(path):
         raise DataError(f"{path}: image file not found (id {image_id!r})")
-    image = read_image(path)
+    encoded, image, reencoded = read_encoded_image(path)
     image_shape = image.shape[:2]
 
     class_mask = None
     mask_path = class_mask_path(root, image_id)
     if os.path.isfile(mask_path):
         class_mask = read_label_png(mask_path)
-        _check_mask(class_mask, mask_path, image_shape, num_classes)
+        check_mask(class_mask, mask_path, image_shape, num_classes)
     elif require_mask:
         raise DataError(
             f"{mask_path}: class mask not found for image {image_id!r}; "
@@ -293,4 +380,5 @@ def load_example(root, image_id, num_classes, class_names,
                 f"{xml_path}: box classes {sorted(set(bad.tolist()))} outside "
                 f"[0, {num_classes})")
     return VocExample(image_id=image_id, image=image, class_mask=class_mask,
-                      boxes=boxes, box_classes=box_classes)
+                      boxes=boxes, box_classes=box_classes,
+                      image_encoded=encoded, image_reencoded=reencoded)
