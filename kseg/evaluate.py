@@ -96,14 +96,20 @@ def evaluate(predictions: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: 
 
 
 def network_predictions(network: keras.Model, dataset: tf.data.Dataset,
-                        on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None):
+                        on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+                        label_map: Sequence[int] | None = None):
     """Yields (label, prediction) per image of an `eval_dataset`.
 
     `on_image(id, image, probs, prediction)` sees every image (to write
-    masks or run a CRF) before its pair is yielded."""
+    masks or run a CRF) before its pair is yielded. With `label_map` (the
+    network's label of each dataset label, Cross-Joint) the probabilities
+    are those of the mapped labels, renormalised, in the dataset's order."""
     run = make_segmenter(network)
     for example in dataset:
         probs = run(example["image"]).numpy()  # (H, W, C)
+        if label_map is not None:
+            probs = probs[..., list(label_map)]
+            probs /= probs.sum(-1, keepdims=True)
         prediction = probs.argmax(-1).astype(np.uint8)
         if on_image is not None:
             on_image(example["id"].numpy().decode(), example["image"].numpy(), probs, prediction)

@@ -33,7 +33,8 @@ class DataConfig:
     each batch holds `strong_per_batch` + `weak_per_batch` of them.
     """
 
-    data_dir: str | None = None  # None: the embedded dataset (made on first use)
+    dataset: str = "embedded"  # "embedded" or "embedded_coco" when data_dir is None
+    data_dir: str | None = None  # prepared records; None: `dataset`, made on first use
     train_split: str = "train"
     weak_split: str | None = None  # records of the --supervision examples (default train_split)
     val_split: str = "val"
@@ -42,9 +43,21 @@ class DataConfig:
     num_strong: int = -1
     strong_per_batch: int = 10
     weak_per_batch: int = 10
+    # Cross-Joint: a second dataset trained in the same batches. The model's
+    # labels are then the joint dataset's; this dataset's labels map into
+    # them by class name (VOC names through kseg.data.coco.VOC_TO_COCO) and
+    # its examples' loss runs over their own labels only.
+    joint: "DataConfig | None" = None
 
     def resolved_dir(self) -> str:
-        return self.data_dir or prepare.ensure_embedded_records()
+        if self.data_dir:
+            return self.data_dir
+        makers = {"embedded": prepare.ensure_embedded_records,
+                  "embedded_coco": prepare.ensure_embedded_coco_records}
+        if self.dataset not in makers:
+            raise ValueError(f"dataset {self.dataset!r} needs --data_dir (prepared records); "
+                             f"built in: {sorted(makers)}")
+        return makers[self.dataset]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +74,10 @@ class Experiment:
     seed: int = 0
 
 
-def make_streams(data: DataConfig, data_dir: str, seed: int) -> list[pipeline.Stream]:
-    """The training streams of a DataConfig (one, or strong + weak)."""
+def make_streams(data: DataConfig, data_dir: str, seed: int,
+                 label_map: tuple[int, ...] | None = None) -> list[pipeline.Stream]:
+    """The training streams of a DataConfig (one, or strong + weak), their
+    labels renamed by `label_map` (see pipeline.Stream)."""
     targets.kind_id(data.supervision)
     weak_split = data.weak_split or data.train_split
     try:
@@ -74,37 +89,67 @@ def make_streams(data: DataConfig, data_dir: str, seed: int) -> list[pipeline.St
         raise
     weak_pattern = records.split_pattern(data_dir, weak_split)
     if data.num_strong < 0:
-        return [pipeline.Stream(weak_pattern, data.supervision, data.batch_size)]
+        return [pipeline.Stream(weak_pattern, data.supervision, data.batch_size,
+                                label_map=label_map)]
     ids = records.read_split_info(data_dir, data.train_split)["ids"]
     if not 0 < data.num_strong < len(ids):
         raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
                          f"for split {data.train_split!r} of {data_dir}")
     strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
     return [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
-                            data.strong_per_batch, ids=strong),
+                            data.strong_per_batch, ids=strong, label_map=label_map),
             pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch, ids=strong,
-                            exclude_ids=True)]
+                            exclude_ids=True, label_map=label_map)]
 
 
-def val_evaluator(data_dir: str, split: str, num_classes: int) -> Callable:
-    """network -> evaluation dict on a prepared split (no CRF)."""
+def class_label_map(source: list[str], target: list[str]) -> tuple[int, ...]:
+    """Label of every source class among the target classes, by name (VOC
+    names are renamed to COCO's first)."""
+    from kseg.data import coco
+    return coco.label_map(source, target, names=coco.VOC_TO_COCO)
+
+
+def training_setup(data: DataConfig, seed: int):
+    """The streams of a run and what describes its labels.
+
+    Returns (streams, info) with info = {data_dir, class_names (the model's
+    labels), eval_class_names (the labels of the validated dataset),
+    label_map (validated dataset -> model labels, or None)}."""
+    data_dir = data.resolved_dir()
+    names = records.read_split_info(data_dir, data.train_split)["class_names"]
+    info = {"data_dir": data_dir, "class_names": names, "eval_class_names": names,
+            "label_map": None}
+    if data.joint is None:
+        return make_streams(data, data_dir, seed), info
+    joint_dir = data.joint.resolved_dir()
+    joint_names = records.read_split_info(joint_dir, data.joint.train_split)["class_names"]
+    label_map = class_label_map(names, joint_names)
+    info.update(class_names=joint_names, label_map=list(label_map), joint_data_dir=joint_dir)
+    streams = make_streams(data, data_dir, seed, label_map) + make_streams(
+        data.joint, joint_dir, seed)
+    return streams, info
+
+
+def val_evaluator(data_dir: str, split: str, num_classes: int,
+                  label_map: list[int] | None = None) -> Callable:
+    """network -> evaluation dict on a prepared split (no CRF); with a
+    label_map the network's labels are read back in the split's labels."""
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
 
     def run(network):
-        return eval_lib.evaluate(eval_lib.network_predictions(network, dataset), num_classes)
+        return eval_lib.evaluate(eval_lib.network_predictions(network, dataset,
+                                                              label_map=label_map), num_classes)
     return run
 
 
 def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains (or resumes) the experiment in `exp.loop.model_dir`."""
     keras.utils.set_random_seed(exp.seed)
-    data_dir = exp.data.resolved_dir()
-    info = records.read_split_info(data_dir, exp.data.train_split)
-    if info["num_classes"] != exp.model.num_classes:
-        raise ValueError(f"the model has {exp.model.num_classes} classes but {data_dir} has "
-                         f"{info['num_classes']} ({info['class_names']}); set --num_classes")
-    train_lib.save_run_config(exp.loop.model_dir, {
-        **dataclasses.asdict(exp), "data_dir": data_dir, "class_names": info["class_names"]})
+    streams, info = training_setup(exp.data, exp.seed)
+    if len(info["class_names"]) != exp.model.num_classes:
+        raise ValueError(f"the model has {exp.model.num_classes} classes but the data has "
+                         f"{len(info['class_names'])} ({info['class_names']}); set --num_classes")
+    train_lib.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
@@ -113,10 +158,11 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
             init_from_run(network, exp.init_from, exp.reset_classifier)
         trainer = train_lib.Trainer(network, exp.estep, exp.optim)
         trainer.compile(optimizer=train_lib.make_optimizer(exp.optim))
-    dataset = pipeline.train_dataset(make_streams(exp.data, data_dir, exp.seed), exp.input)
+    dataset = pipeline.train_dataset(streams, exp.input)
     evaluate_fn = None
     if exp.data.val_split:
-        evaluate_fn = val_evaluator(data_dir, exp.data.val_split, exp.model.num_classes)
+        evaluate_fn = val_evaluator(info["data_dir"], exp.data.val_split,
+                                    len(info["eval_class_names"]), info["label_map"])
     return train_lib.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
 
 
@@ -153,9 +199,10 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
     """Evaluates a run's newest checkpoint on a split; writes eval_<split>.json."""
     network, config = load_network(model_dir)
     data_dir = data_dir or config["data_dir"]
+    names = config.get("eval_class_names", config["class_names"])
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
-    result = eval_lib.evaluate(eval_lib.network_predictions(network, dataset, on_image),
-                               network.output_shape[-1])
-    result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
+    result = eval_lib.evaluate(eval_lib.network_predictions(
+        network, dataset, on_image, label_map=config.get("label_map")), len(names))
+    result.update(split=split, data_dir=data_dir, class_names=names)
     eval_lib.write_json(result, os.path.join(model_dir, f"eval_{split}.json"))
     return result

@@ -1,5 +1,6 @@
 """End-to-end: train a tiny DeepLab on a tiny embedded dataset, evaluate it, resume it."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -68,3 +69,49 @@ def test_train_and_evaluate_scripts(tiny_records, tmp_path):
     assert len(os.listdir(masks)) == 16
     config = json.load(open(os.path.join(model_dir, "config.json")))
     assert config["data"]["supervision"] == "bbox_em_fixed"
+
+
+@pytest.fixture(scope="module")
+def tiny_coco_records(tmp_path_factory):
+    from kseg.data import prepare
+    return prepare.ensure_embedded_coco_records(
+        str(tmp_path_factory.mktemp("coco")), num_shards=2, num_train=24, num_val=4,
+        image_size=64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("joint_supervision,joint_num_strong", [("strong", -1), ("em_fixed", 8)])
+def test_cross_joint_trains_one_classifier_and_evaluates_in_voc_labels(
+        tiny_records, tiny_coco_records, tmp_path, joint_supervision, joint_num_strong):
+    joint = experiment.DataConfig(data_dir=tiny_coco_records, supervision=joint_supervision,
+                                  batch_size=3, num_strong=joint_num_strong,
+                                  strong_per_batch=1, weak_per_batch=2, val_split="")
+    exp = _experiment(tiny_records, str(tmp_path / "joint"), 4)
+    exp = dataclasses.replace(
+        exp, data=dataclasses.replace(exp.data, joint=joint),
+        model=dataclasses.replace(exp.model, num_classes=9),
+        input=dataclasses.replace(exp.input, num_classes=9))
+    streams, info = experiment.training_setup(exp.data, 0)
+    assert info["label_map"] == [0, 2, 3, 5, 6, 8] and len(info["class_names"]) == 9
+    assert streams[0].label_map == (0, 2, 3, 5, 6, 8) and streams[-1].label_map is None
+    experiment.run_training(exp)
+    result = experiment.evaluate_run(exp.loop.model_dir)
+    assert len(result["per_class_iou"]) == 6 and result["class_names"][1] == "disc"
+
+
+@pytest.mark.slow
+def test_cross_pretrain_reuses_all_but_the_classifier(tiny_records, tiny_coco_records, tmp_path):
+    coco = _experiment(tiny_coco_records, str(tmp_path / "coco"), 2)
+    coco = dataclasses.replace(coco, model=dataclasses.replace(coco.model, num_classes=9),
+                               input=dataclasses.replace(coco.input, num_classes=9))
+    experiment.run_training(coco)
+    source, _ = experiment.load_network(str(tmp_path / "coco"))
+    voc = dataclasses.replace(_experiment(tiny_records, str(tmp_path / "voc"), 1),
+                              init_from=str(tmp_path / "coco"), reset_classifier=True)
+    net = model.build_deeplab(voc.model)
+    experiment.init_from_run(net, voc.init_from, True)
+    np.testing.assert_array_equal(net.get_layer("fc7").kernel, source.get_layer("fc7").kernel)
+    assert net.get_layer("fc8").kernel.shape[-1] == 6
+    with pytest.raises(ValueError, match="reset_classifier"):
+        experiment.init_from_run(net, voc.init_from, False)
+    experiment.run_training(voc)
