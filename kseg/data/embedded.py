@@ -42,7 +42,7 @@ EMBEDDED_CLASSES = ("background", "disc", "square", "triangle", "ring",
 # Bump when the generated content changes, so caches are regenerated.
 FORMAT_VERSION = 1
 
-GENERATE_DEFAULTS = dict(num_train=300, num_val=100, image_size=128, seed=0,
+GENERATE_DEFAULTS = dict(num_train=1000, num_val=100, image_size=128, seed=0,
                          class_names=EMBEDDED_CLASSES)
 
 # Occluded instances with fewer visible pixels are made void and get no box.
@@ -322,7 +322,7 @@ def _write_example(root, image_id, example, image_size, class_names):
                                 class_names))
 
 
-def generate(root, num_train=300, num_val=100, image_size=128, seed=0,
+def generate(root, num_train=1000, num_val=100, image_size=128, seed=0,
              class_names=EMBEDDED_CLASSES):
     """Writes the embedded dataset in the VOC layout under `root`.
 
