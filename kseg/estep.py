@@ -241,9 +241,12 @@ def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
         f = f + step[:, tf.newaxis, tf.newaxis, :]  # (B, h, w, C)
         raised = tf.maximum(m, f_l + delta[:, tf.newaxis, tf.newaxis])  # (B, h, w)
         m = tf.where(active[:, tf.newaxis, tf.newaxis], raised, m)  # (B, h, w)
-        return t + 1, f, m, bias + step
+        # Dynamic reshapes above lose static dims; the loop needs them back.
+        return t + 1, tf.ensure_shape(f, f_shape), tf.ensure_shape(m, m_shape), \
+            tf.ensure_shape(bias + step, bias0.shape)
 
     num_slots = tf.shape(order)[0]
+    f_shape, m_shape = f.shape, m.shape
     _, f, m, bias = tf.while_loop(
         lambda t, *_: t < num_slots, visit,
         (tf.constant(0), f, m, bias0))  # f (B, h, w, C), bias (B, C)

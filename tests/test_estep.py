@@ -407,3 +407,12 @@ def test_visiting_order_background_first_then_fresh_permutation_each_pass():
     assert any(not np.array_equal(passes[0, :, b], passes[p, :, b])
                for p in range(1, 5) for b in range(4))
     assert not all(np.array_equal(passes[0, :, 0], passes[0, :, b]) for b in range(1, 4))
+
+
+def test_em_adapt_traces_with_a_static_batch_of_one():
+    """A replica may get a single image: static batch 1 must trace."""
+    fn = tf.function(lambda s, l: estep.em_adapt(s, l, seed=1),
+                     input_signature=[tf.TensorSpec([1, 5, 5, 6]), tf.TensorSpec([1, 6])])
+    labels = fn(tf.random.normal([1, 5, 5, 6]), tf.constant([[1, 0, 1, 0, 0, 0]], tf.float32))
+    assert labels.shape == (1, 5, 5)
+    assert set(np.unique(labels.numpy())) <= {0, 2}
