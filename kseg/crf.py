@@ -186,8 +186,11 @@ def dense_crf(image, probs, params=CRFParams()):
     crf = dcrf.DenseCRF2D(width, height, num_labels)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
+    # pydensecrf takes a writable buffer: images decoded by PIL through
+    # np.asarray are read-only, so copy those.
+    rgbim = np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
     crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-                             rgbim=np.ascontiguousarray(image), compat=params.bi_w)
+                             rgbim=rgbim, compat=params.bi_w)
     marginals = np.asarray(crf.inference(params.num_iter), dtype=np.float32)  # (C, H*W)
     probs_out = np.ascontiguousarray(marginals.T.reshape(height, width, num_labels))
     labels = probs_out.argmax(axis=-1).astype(np.int32)

@@ -9,6 +9,37 @@ per-layer learning-rate multipliers -> SGD with momentum.
 `train` is the loop around it: resume from the newest checkpoint in the
 model directory, log, write TensorBoard summaries, checkpoint every N steps
 and at the end, evaluate on val once per epoch.
+
+Distribution (`make_strategy`): under `MirroredStrategy` and
+`MultiWorkerMirroredStrategy` every replica takes an equal slice of the
+*global* batch. Each replica's loss is its summed pixel losses divided by the
+pixel count of the whole global batch (an all-reduce), and its weight decay
+is divided by the number of replicas, so the gradients that the Keras
+optimizer sums over replicas equal the one-device gradient of the same global
+batch (tests/test_distributed.py checks it on two logical CPUs). E-steps are
+per example, so splitting a batch does not change its targets (EM-Adapt's
+random visiting order and dropout masks are drawn per replica, as they are
+drawn per step anyway). Every worker runs the same seeded input pipeline and
+keeps its replicas' slices, so a global batch does not depend on the number
+of workers, at the price of each worker decoding the whole global batch.
+
+Interruption safety: a checkpoint (network, optimizer with its step counter,
+and the input iterator's position) is written every `checkpoint_every` steps,
+at the end, and when SIGTERM or SIGINT arrives (the handler only sets a flag,
+read between steps; then the checkpoint is written and `TrainingInterrupted`
+raised). `tf.train.CheckpointManager` writes a checkpoint's files under a
+temporary name (`ckpt-N_temp/`), renames them into place, and only then
+rewrites the small `checkpoint` state file, itself atomically (a temporary
+file renamed over it). So a run killed at any moment, even by SIGKILL in the
+middle of a save, leaves the state naming the previous complete checkpoint
+(a leftover `ckpt-N_temp/` is harmless and is overwritten by the next save);
+running the same command again restores it, at the same step and learning
+rate (the rate is a function of the optimizer's step counter). Renames are
+not fsync'ed: a power cut, unlike a killed process, may lose the newest
+checkpoint. Under multi-worker training the chief writes
+`model_dir/checkpoints` (which must be on a file system every worker sees,
+since all of them restore from it) and the other workers save to a local
+temporary directory, because `tf.distribute` wants every worker in a save.
 """
 
 from __future__ import annotations
@@ -17,7 +48,11 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from typing import Callable
 
@@ -103,6 +138,13 @@ class Trainer(keras.Model):
         return list(self.trackers.values())
 
     def train_step(self, batch):
+        """One SGD step on `batch` (this replica's slice of the global batch).
+
+        Returns the running metrics: `loss` (mean cross-entropy per counted
+        pixel) and `pixel_accuracy` are those of the global batch, the same
+        on every replica; the E-step statistics are this replica's (the loop
+        averages them over replicas).
+        """
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape:
             scores = self.network(batch["image"], training=True)  # (B, h, w, C)
@@ -111,8 +153,10 @@ class Trainer(keras.Model):
                 scores, targets, batch.get("label_space"))
             # Normalise by the global batch's pixel count so that replica
             # gradients add up to the single-device gradient.
-            loss = loss_sum / tf.maximum(_sum_over_replicas(counted), 1.0)
+            global_counted = tf.maximum(_sum_over_replicas(counted), 1.0)
+            loss = loss_sum / global_counted
         grads = tape.gradient(loss, variables)
+        # The optimizer sums gradients over replicas: each adds its share of the decay.
         decay = self.optim_config.weight_decay / _num_replicas()
         grads = [lr_multiplier(v, self.optim_config)
                  * (g + decay * v if v.path.endswith("kernel") else g)
@@ -121,9 +165,10 @@ class Trainer(keras.Model):
 
         counted_mask = tf.not_equal(targets, 255)
         correct = tf.equal(tf.argmax(scores, -1, output_type=tf.int32), targets) & counted_mask
-        self.trackers["loss"].update_state(loss_sum / tf.maximum(counted, 1.0))
-        self.trackers["pixel_accuracy"].update_state(
-            tf.reduce_sum(tf.cast(correct, tf.float32)) / tf.maximum(counted, 1.0))
+        global_loss, global_correct = tf.unstack(_sum_over_replicas(
+            tf.stack([loss, tf.reduce_sum(tf.cast(correct, tf.float32))])))
+        self.trackers["loss"].update_state(global_loss)
+        self.trackers["pixel_accuracy"].update_state(global_correct / global_counted)
         for name, value in stats.items():
             self.trackers[name].update_state(value)
         return {name: m.result() for name, m in self.trackers.items()}
@@ -131,7 +176,17 @@ class Trainer(keras.Model):
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """How long to train and how often to log, checkpoint and evaluate."""
+    """How long to train and how often to log, checkpoint and evaluate.
+
+    `checkpoint_input`: also checkpoint the input iterator (shuffle buffer,
+    prefetched batches, random state), so a resumed run sees exactly the
+    batches an uninterrupted one would. It costs disk: a checkpoint of the
+    embedded configs (flags/strong.cfg: batch 10, 129 crops, shuffle buffer
+    1000, width-0.125 network with Adam) is 17 MB with it, 3.7 MB without;
+    on VOC it adds roughly the encoded size of `shuffle_buffer` images plus a
+    few decoded batches (~100-150 MB). Without it a resumed run restarts the
+    data order from the seed.
+    """
 
     model_dir: str
     num_steps: int = 6000
@@ -140,6 +195,167 @@ class LoopConfig:
     image_every: int = 500  # TensorBoard image panels (0: never)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    checkpoint_input: bool = True
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def make_strategy(name: str | None = None) -> tf.distribute.Strategy:
+    """The distribution strategy called `name` (one of STRATEGIES).
+
+    None picks "mirrored" when more than one GPU is visible, else "default"
+    (one device). "multi_worker" reads the cluster from the TF_CONFIG
+    environment variable and must be created before TensorFlow runs any op.
+    """
+    if name is None:
+        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        config = os.environ.get("TF_CONFIG")
+        if not config:
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                             '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                             '"task": {"type": "worker", "index": 0}})')
+        try:
+            json.loads(config)["cluster"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"TF_CONFIG is not JSON with a 'cluster' entry: {config!r}") from e
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy must be one of {STRATEGIES} or None, got {name!r}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints, summaries and evaluations:
+    always for one worker; under multi-worker the `chief` task, or worker 0
+    when the cluster has no chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+def distribute_batch(strategy: tf.distribute.Strategy, batch: dict):
+    """Splits a global batch along its first axis into equal per-replica slices.
+
+    Replica r of N (numbered over all workers) gets rows [r B/N, (r+1) B/N).
+    Returns `batch` itself for one replica, else a PerReplica structure for
+    `strategy.run`.
+    """
+    num = strategy.num_replicas_in_sync
+    if num == 1:
+        return batch
+
+    def replica_slice(context):
+        def cut(t):
+            size = tf.shape(t)[0] // num
+            return t[context.replica_id_in_sync_group * size:
+                     (context.replica_id_in_sync_group + 1) * size]
+        return tf.nest.map_structure(cut, batch)
+    return strategy.experimental_distribute_values_from_function(replica_slice)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint.
+
+    `exit_code` is the shell convention 128 + signal number (143 for
+    SIGTERM, 130 for SIGINT), so a job scheduler sees an unfinished run."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                         f"checkpoint {checkpoint}. Run the same command again to resume.")
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only set `signum`; the loop reads it
+    between steps. A second signal gets the previous handler (Ctrl-C twice
+    quits at once). Signals can only be caught in the main thread; elsewhere
+    this does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is None:
+            self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+class Checkpoints:
+    """A run's checkpoints: network, optimizer (with its step counter) and,
+    optionally, the input iterator, in `model_dir/checkpoints`.
+
+    Non-chief workers save to a temporary directory (removed by `close`) and
+    restore from the chief's directory.
+    """
+
+    def __init__(self, trainer: "Trainer", loop: LoopConfig, iterator=None, chief: bool = True):
+        self.directory = os.path.join(loop.model_dir, "checkpoints")
+        self._model = tf.train.Checkpoint(network=trainer.network, optimizer=trainer.optimizer)
+        self._iterator = iterator
+        objects = {"network": trainer.network, "optimizer": trainer.optimizer}
+        if iterator is not None:
+            objects["input"] = iterator
+        self._tmp = None if chief else tempfile.mkdtemp(prefix="kseg-worker-checkpoints-")
+        self._manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(**objects), self._tmp or self.directory,
+            max_to_keep=loop.keep_checkpoints if chief else 1)
+        self.last_saved_step = None
+        self.latest = tf.train.latest_checkpoint(self.directory)
+
+    def restore(self, log: Callable[[str], None]) -> str | None:
+        """Restores the newest checkpoint (if any); returns its path.
+
+        The network and optimizer must match; the input position is restored
+        when the checkpoint has one and the pipeline is unchanged, otherwise
+        the data order restarts (with a log line saying so)."""
+        latest = self.latest
+        if latest is None:
+            return None
+        self._model.restore(latest).assert_existing_objects_matched().expect_partial()
+        if self._iterator is not None:
+            try:
+                status = tf.train.Checkpoint(input=self._iterator).restore(latest)
+                status.expect_partial().assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                log(f"input position not restored from {latest} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); the data order restarts from the seed")
+        return latest
+
+    def save(self, step: int) -> str:
+        if self.last_saved_step != step:
+            path = self._manager.save(checkpoint_number=step)
+            self.last_saved_step = step
+            if self._tmp is None:
+                self.latest = path
+        return self.latest
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def colorize(labels: tf.Tensor) -> tf.Tensor:
@@ -163,70 +379,108 @@ def write_panels(trainer: Trainer, batch: dict, step: int, max_images: int = 4) 
     tf.summary.image("input | target | prediction", panel, step=step, max_outputs=max_images)
 
 
+def _check_batch_splits(dataset: tf.data.Dataset, num_replicas: int) -> None:
+    size = dataset.element_spec["image"].shape[0]
+    if num_replicas > 1 and size is not None and size % num_replicas:
+        raise ValueError(f"the global batch of {size} images does not split evenly over "
+                         f"{num_replicas} replicas: make --batch_size (or --strong_per_batch "
+                         f"+ --weak_per_batch) a multiple of {num_replicas}")
+
+
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
           evaluate_fn: Callable[[keras.Model], dict] | None = None,
           strategy: tf.distribute.Strategy | None = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """Runs (or resumes) training; returns the final training metrics.
 
-    The newest checkpoint in `loop.model_dir/checkpoints` is restored first,
-    so running the same command again continues at the saved step. A
-    non-finite loss stops the run with an error and keeps the last good
-    checkpoint.
+    `dataset` yields *global* batches; each replica trains on its slice
+    (`distribute_batch`). The newest checkpoint in `loop.model_dir/checkpoints`
+    is restored first, so running the same command again continues at the
+    saved step. A non-finite loss raises FloatingPointError and keeps the
+    last good checkpoint. SIGTERM/SIGINT: checkpoint, then raise
+    `TrainingInterrupted`. Only the chief writes summaries and evaluates.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
+    _check_batch_splits(dataset, strategy.num_replicas_in_sync)
     os.makedirs(loop.model_dir, exist_ok=True)
     with strategy.scope():
         trainer.optimizer.build(trainer.network.trainable_variables)
-        checkpoint = tf.train.Checkpoint(network=trainer.network, optimizer=trainer.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(loop.model_dir, "checkpoints"),
-                                         max_to_keep=loop.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(trainer.optimizer.iterations)}")
+    iterator = iter(dataset)
+    checkpoints = Checkpoints(trainer, loop, iterator if loop.checkpoint_input else None, chief)
+    restored = checkpoints.restore(log)
     step = int(trainer.optimizer.iterations.numpy())
+    if restored:
+        log(f"resumed from {restored} at step {step}, "
+            f"learning rate {float(trainer.optimizer.learning_rate):.6g}")
+    if step >= loop.num_steps:
+        log(f"step {step} >= num_steps {loop.num_steps}: nothing to train")
+
+    def replica_step(batch, stop):
+        logs = trainer.train_step(batch)
+        # Any worker's stop request stops all of them at the same step.
+        logs["stop"] = _sum_over_replicas(tf.identity(stop)) > 0
+        return logs
 
     @tf.function
-    def train_fn(batch):
-        out = strategy.run(trainer.train_step, args=(batch,))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in out.items()}
+    def train_fn(batch, stop):
+        out = strategy.run(replica_step, args=(distribute_batch(strategy, batch), stop))
+        stop_all = strategy.experimental_local_results(out.pop("stop"))[0]
+        logs = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in out.items()}
+        return logs, stop_all
 
-    panel_batch = next(iter(dataset)) if loop.image_every else None
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    writer = tf.summary.create_file_writer(os.path.join(loop.model_dir, "train"))
+    panel_batch = next(iter(dataset)) if loop.image_every and chief else None
+    writer = (tf.summary.create_file_writer(os.path.join(loop.model_dir, "train")) if chief
+              else tf.summary.create_noop_writer())
     logs: dict = {}
     start, start_step = time.time(), step
-    while step < loop.num_steps:
-        logs = {k: float(v) for k, v in train_fn(next(iterator)).items()}
-        step += 1
-        if not math.isfinite(logs["loss"]):
-            raise FloatingPointError(
-                f"loss is {logs['loss']} at step {step}; stopping. The last good checkpoint "
-                f"is kept: {manager.latest_checkpoint}. Lower --learning_rate?")
-        if step % loop.log_every == 0 or step == loop.num_steps:
-            lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
-            rate = (step - start_step) / max(time.time() - start, 1e-9)
-            log(f"step {step}/{loop.num_steps} " + " ".join(
-                f"{k}={v:.4f}" for k, v in logs.items()) + f" lr={lr:.2e} ({rate:.2f} steps/s)")
-            with writer.as_default(step=step):
-                for k, v in logs.items():
-                    tf.summary.scalar(k, v)
-                tf.summary.scalar("learning_rate", lr)
-            for m in trainer.metrics:
-                m.reset_state()
-        if loop.image_every and (step % loop.image_every == 0 or step == loop.num_steps):
-            with writer.as_default():
-                write_panels(trainer, panel_batch, step)
-        if step % loop.checkpoint_every == 0 or step == loop.num_steps:
-            manager.save(checkpoint_number=step)
-        if evaluate_fn is not None and (step % loop.steps_per_epoch == 0 or step == loop.num_steps):
-            result = evaluate_fn(trainer.network)
-            log(f"step {step}: val mIoU={100 * result['miou']:.2f}% "
-                f"pixel accuracy={100 * result['pixel_accuracy']:.2f}%")
-            with writer.as_default(step=step):
-                tf.summary.scalar("val/miou", result["miou"])
-                tf.summary.scalar("val/pixel_accuracy", result["pixel_accuracy"])
-    writer.flush()
+    try:
+        with _StopSignals() as signals:
+            while step < loop.num_steps:
+                requested = tf.constant(1.0 if signals.signum else 0.0)
+                out, stop = train_fn(next(iterator), requested)
+                logs = {k: float(v) for k, v in out.items()}
+                step += 1
+                if not math.isfinite(logs["loss"]):
+                    kept = (f"The last good checkpoint is kept: {checkpoints.latest}."
+                            if checkpoints.latest else "No checkpoint was written yet.")
+                    raise FloatingPointError(f"loss is {logs['loss']} at step {step}; "
+                                             f"stopping. {kept} Lower --learning_rate?")
+                if step % loop.log_every == 0 or step == loop.num_steps:
+                    lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
+                    rate = (step - start_step) / max(time.time() - start, 1e-9)
+                    log(f"step {step}/{loop.num_steps} " + " ".join(
+                        f"{k}={v:.4f}" for k, v in logs.items())
+                        + f" lr={lr:.2e} ({rate:.2f} steps/s)")
+                    with writer.as_default(step=step):
+                        for k, v in logs.items():
+                            tf.summary.scalar(k, v)
+                        tf.summary.scalar("learning_rate", lr)
+                    for m in trainer.metrics:
+                        m.reset_state()
+                if bool(stop):
+                    path = checkpoints.save(step)
+                    signum = signals.signum or signal.SIGTERM  # another worker's signal
+                    log(f"{signal.Signals(signum).name}: saved {path} at step {step}; stopping")
+                    raise TrainingInterrupted(signum, step, path)
+                if chief and loop.image_every and (
+                        step % loop.image_every == 0 or step == loop.num_steps):
+                    with writer.as_default():
+                        write_panels(trainer, panel_batch, step)
+                if step % loop.checkpoint_every == 0 or step == loop.num_steps:
+                    checkpoints.save(step)
+                if chief and evaluate_fn is not None and (
+                        step % loop.steps_per_epoch == 0 or step == loop.num_steps):
+                    result = evaluate_fn(trainer.network)
+                    log(f"step {step}: val mIoU={100 * result['miou']:.2f}% "
+                        f"pixel accuracy={100 * result['pixel_accuracy']:.2f}%")
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("val/miou", result["miou"])
+                        tf.summary.scalar("val/pixel_accuracy", result["pixel_accuracy"])
+    finally:
+        writer.flush()
+        checkpoints.close()
     return logs
 
 
@@ -242,8 +496,11 @@ def restore_network(network: keras.Model, model_dir: str) -> str:
 def save_run_config(model_dir: str, config: dict) -> None:
     """Writes the run's settings as `model_dir/config.json` (model, data, E-step)."""
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
+    path = os.path.join(model_dir, "config.json")
+    tmp = f"{path}.tmp{os.getpid()}"  # several workers may write it at once
+    with open(tmp, "w") as f:
         json.dump(config, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 def load_run_config(model_dir: str) -> dict:
