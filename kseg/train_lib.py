@@ -387,6 +387,29 @@ def _check_batch_splits(dataset: tf.data.Dataset, num_replicas: int) -> None:
                          f"+ --weak_per_batch) a multiple of {num_replicas}")
 
 
+def _shown(logs: dict) -> set:
+    """Log keys worth printing: E-step statistics only when weak examples exist."""
+    weak = logs.get("bg_fraction", 0.0) + logs.get("fg_fraction", 0.0) > 0
+    return {k for k in logs if weak or k not in ("bg_fraction", "fg_fraction", "adapt_bias")}
+
+
+def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
+    """A warning when the E-step labels (almost) no pixel as foreground or as
+    background: the classic collapse of weak training (DESIGN.md section 10)."""
+    bg, fg = logs.get("bg_fraction", 0.0), logs.get("fg_fraction", 0.0)
+    if bg + fg == 0:
+        return None
+    if fg < threshold:
+        return (f"the E-step labels only {100 * fg:.2f}% of weak pixels as foreground: "
+                "training is collapsing to all-background (raise --fg_bias over --bg_bias, "
+                "or use EM-Adapt / boxes)")
+    if bg < threshold:
+        return (f"the E-step labels only {100 * bg:.2f}% of weak pixels as background: "
+                "training is collapsing to all-foreground (lower --fg_bias - --bg_bias, "
+                "or use EM-Adapt / boxes)")
+    return None
+
+
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
           evaluate_fn: Callable[[keras.Model], dict] | None = None,
           strategy: tf.distribute.Strategy | None = None,
@@ -451,8 +474,11 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                     lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
                     rate = (step - start_step) / max(time.time() - start, 1e-9)
                     log(f"step {step}/{loop.num_steps} " + " ".join(
-                        f"{k}={v:.4f}" for k, v in logs.items())
+                        f"{k}={v:.4f}" for k, v in logs.items() if k in _shown(logs))
                         + f" lr={lr:.2e} ({rate:.2f} steps/s)")
+                    warning = estep_warning(logs)
+                    if warning:
+                        log(f"warning at step {step}: {warning}")
                     with writer.as_default(step=step):
                         for k, v in logs.items():
                             tf.summary.scalar(k, v)

@@ -88,3 +88,10 @@ def test_training_steps_on_a_mixed_batch(tiny_records):
     for i in (4, 5):  # Bbox-EM-Fixed: foreground only inside its boxes
         fg = valid[i] & (got[i] > 0)
         assert np.take_along_axis(box[i], got[i][..., None].clip(0, 5), -1)[..., 0][fg].all()
+
+
+def test_collapse_warnings():
+    assert train_lib.estep_warning({"bg_fraction": 0.0, "fg_fraction": 0.0}) is None
+    assert train_lib.estep_warning({"bg_fraction": 0.6, "fg_fraction": 0.4}) is None
+    assert "all-background" in train_lib.estep_warning({"bg_fraction": 0.995, "fg_fraction": 0.005})
+    assert "all-foreground" in train_lib.estep_warning({"bg_fraction": 0.001, "fg_fraction": 0.999})
