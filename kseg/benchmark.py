@@ -76,3 +76,22 @@ def synthetic_batch(batch_size: int, crop_size: int, num_classes: int, seed: int
         "image_labels": tf.constant(image_labels), "box_mask": tf.constant(box_mask),
         "kind": tf.zeros([batch_size], tf.int32),
     }
+
+
+def estep_seconds(batch: dict, num_classes: int, kinds, rounds: int = 20) -> dict:
+    """Median seconds of `compute_targets` alone (the E-step work a training
+    step adds) per kind, on random scores of the batch's score-map size."""
+    size = batch["label"].shape[1]
+    scores = tf.random.normal([batch["label"].shape[0], size, size, num_classes])
+    run = tf.function(lambda s, b: targets.compute_targets(s, b)[0])
+    times = {}
+    for kind in kinds:
+        b = with_kind(batch, kind)
+        run(scores, b).numpy()
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            run(scores, b).numpy()
+            samples.append(time.perf_counter() - start)
+        times[kind] = float(np.median(samples))
+    return times

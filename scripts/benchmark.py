@@ -7,6 +7,7 @@ pipeline: input-pipeline images/s against the model's training images/s at
 estep: training-step time of each E-step kind relative to a strong step on
   the same batch, at 321x321 crops.
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
+serving: SavedModel inference images/s against the Keras model's, 500x375.
 """
 
 import contextlib
@@ -19,7 +20,9 @@ from absl import app, flags
 from kseg import benchmark, model
 from kseg.data import pipeline, prepare, records
 
-flags.DEFINE_list("what", ["pipeline", "estep", "crf"], "Which measurements to run.")
+flags.DEFINE_list("what", ["pipeline", "estep", "crf", "serving"],
+                  "Which measurements to run.")
+flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
 flags.DEFINE_integer("batch_size", 10, "Batch of the pipeline/training comparison.")
 flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison.")
 flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
@@ -55,11 +58,14 @@ def bench_estep():
     kinds = ("strong", "em_fixed", "em_adapt", "bbox_em_fixed")
     times = benchmark.train_step_seconds(
         trainer, {k: benchmark.with_kind(batch, k) for k in kinds}, rounds=FLAGS.estep_rounds)
+    alone = benchmark.estep_seconds(batch, num_classes, kinds)
     print(f"E-step cost at 321x321, batch {FLAGS.estep_batch}, width {FLAGS.estep_width}, "
-          f"{num_classes} labels (median of {FLAGS.estep_rounds} steps):")
+          f"{num_classes} labels (training steps: median of {FLAGS.estep_rounds}; "
+          "E-step alone: median of 20):")
     for kind in kinds:
         print(f"  {kind:<14} {times[kind]:.3f} s/step  ratio to strong "
-              f"{times[kind] / times['strong']:.3f}")
+              f"{times[kind] / times['strong']:.3f}   E-step alone {1000 * alone[kind]:.1f} ms "
+              f"= {100 * alone[kind] / times['strong']:.2f}% of a strong step")
 
 
 def bench_crf():
@@ -68,6 +74,17 @@ def bench_crf():
     for run in result["runs"]:
         print(f"crf: workers={run['workers']} {run['images_per_second']:.2f} images/s")
     print(f"crf pool speed-up: {result['speedup']:.2f}x")
+
+
+def bench_serving():
+    from kseg import export
+    for width in FLAGS.serving_widths:
+        r = export.benchmark_inference(width=float(width))
+        print(f"serving at {r['image_size']}, batch {r['batch_size']}, width {r['width']}: "
+              f"Keras {r['keras_images_per_s']:.2f} images/s, SavedModel serve_images "
+              f"{r['saved_model_images_per_s']:.2f}, SavedModel from PNG strings "
+              f"{r['saved_model_encoded_images_per_s']:.2f}; SavedModel/Keras "
+              f"{r['saved_model_over_keras']:.2f}")
 
 
 def write_section(path, what, text):
@@ -88,7 +105,8 @@ def main(argv):
     for what in FLAGS.what:
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf}[what]()
+            {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf,
+             "serving": bench_serving}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())
