@@ -47,9 +47,15 @@ class EStepConfig:
     adapt_iters: int = 5
     adapt_margin: float = 1e-5
     bbox_outside: str = "background"  # or "soft": the released code's variant.
+    # Steps at the start during which Bbox-EM-Fixed fills its boxes (as
+    # Bbox-Rect does) instead of trusting the network. 0 = the paper, which
+    # starts from ImageNet weights; from random init the network first learns
+    # "background everywhere" and EM then never recovers the objects.
+    box_warmup_steps: int = 0
 
 
-def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepConfig()):
+def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepConfig(),
+                    step=None):
     """The target ŷ of every example of a batch, by its kind.
 
     Args:
@@ -62,6 +68,7 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
       targets (B, h, w) int32 with 255 = ignored, and a dict of scalar
       statistics of the weak examples' E-step (`bg_fraction`,
       `fg_fraction`, `adapt_bias`).
+      step: the training step (scalar), for `config.box_warmup_steps`.
     """
     scores = tf.stop_gradient(scores)  # (B, h, w, C)
     if "label_space" in batch:
@@ -77,12 +84,16 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
             margin=config.adapt_margin, return_bias=True)
         return labels, bias
 
+    box_boost = 0.0
+    if config.box_warmup_steps and step is not None:
+        # A bias no score overcomes: every box pixel goes to a covering class.
+        box_boost = tf.where(tf.cast(step, tf.int64) < config.box_warmup_steps, 1e4, 0.0)
     esteps = {
         "em_fixed": lambda: (estep.em_fixed(scores, batch["image_labels"], valid,
                                             config.fg_bias, config.bg_bias), 0.0),
         "em_adapt": em_adapt,
         "bbox_em_fixed": lambda: (estep.bbox_em_fixed(
-            scores, batch["box_mask"], valid, config.fg_bias, config.bg_bias,
+            scores, batch["box_mask"], valid, config.fg_bias + box_boost, config.bg_bias,
             outside=config.bbox_outside), 0.0),
     }
     for name, run in esteps.items():

@@ -148,7 +148,8 @@ class Trainer(keras.Model):
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape:
             scores = self.network(batch["image"], training=True)  # (B, h, w, C)
-            targets, stats = targets_lib.compute_targets(scores, batch, self.estep_config)
+            targets, stats = targets_lib.compute_targets(scores, batch, self.estep_config,
+                                                         self.optimizer.iterations)
             loss_sum, counted = targets_lib.masked_cross_entropy(
                 scores, targets, batch.get("label_space"))
             # Normalise by the global batch's pixel count so that replica

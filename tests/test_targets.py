@@ -95,3 +95,15 @@ def test_collapse_warnings():
     assert train_lib.estep_warning({"bg_fraction": 0.6, "fg_fraction": 0.4}) is None
     assert "all-background" in train_lib.estep_warning({"bg_fraction": 0.995, "fg_fraction": 0.005})
     assert "all-foreground" in train_lib.estep_warning({"bg_fraction": 0.001, "fg_fraction": 0.999})
+
+
+def test_box_warmup_fills_the_boxes_then_trusts_the_network():
+    scores, batch = _manual_batch(2)
+    batch["kind"] = tf.fill([5], targets.KIND_ID["bbox_em_fixed"])
+    scores[..., 0] += 100.0  # a network sure of background everywhere
+    config = targets.EStepConfig(box_warmup_steps=10)
+    early, _ = targets.compute_targets(tf.constant(scores), batch, config, step=3)
+    late, _ = targets.compute_targets(tf.constant(scores), batch, config, step=10)
+    inside = batch["box_mask"].numpy()[..., 2] & batch["valid"].numpy()
+    assert (early.numpy()[inside] == 2).all()
+    assert (late.numpy()[inside] == 0).all()
