@@ -49,11 +49,19 @@ def main(argv):
     names = rows[0]["class_names"]
     lines = ["| flagfile | val mIoU | pixel acc. | " + " | ".join(names) + " | train s |",
              "|---" * (len(names) + 4) + "|"]
+    notes = []
     for r in rows:
-        ious = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["per_class_iou"])
-        lines.append(f"| `{r['flagfile']}` | **{100 * r['miou']:.1f}** | "
+        if r["class_names"] == names:
+            ious = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["per_class_iou"])
+            mark = ""
+        else:  # evaluated on another label set (e.g. a COCO-like stage-1 run)
+            ious = " | ".join("" for _ in names)
+            mark = f" [{len(notes) + 1}]"
+            notes.append(f"{mark.strip()} Evaluated on its own val split's {len(r['class_names'])} "
+                         f"labels ({', '.join(r['class_names'])}), not on the columns' labels.")
+        lines.append(f"| `{r['flagfile']}`{mark} | **{100 * r['miou']:.1f}** | "
                      f"{100 * r['pixel_accuracy']:.1f} | {ious} | {r['seconds']} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines + ([""] + notes if notes else []))
     with open(FLAGS.out, "w") as f:
         f.write("# Results on the embedded dataset (val, no CRF)\n\n"
                 "Written by `python scripts/results_table.py "
