@@ -28,7 +28,7 @@ flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison
 flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
 flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
 flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
-flags.DEFINE_integer("estep_rounds", 5, "Measured steps per kind (median).")
+flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
 flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
 flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                     "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
