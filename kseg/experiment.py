@@ -21,6 +21,7 @@ from kseg import model as model_lib
 from kseg import targets, train_lib
 from kseg.data import pipeline, prepare, records
 from kseg.data.errors import DataError
+from kseg.training import pretrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,8 @@ class DataConfig:
     `supervision` is the kind of every training example, or, when
     `num_strong` >= 0, of the weak part: the first `num_strong` images of a
     seeded permutation of the training list are strong, the rest weak, and
-    each batch holds `strong_per_batch` + `weak_per_batch` of them.
+    each batch holds `strong_per_batch` + `weak_per_batch` of them. With
+    `weak_per_batch` = 0 the run trains on the strong subset alone.
     """
 
     dataset: str = "embedded"  # "embedded" or "embedded_coco" when data_dir is None
@@ -96,10 +98,12 @@ def make_streams(data: DataConfig, data_dir: str, seed: int,
         raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
                          f"for split {data.train_split!r} of {data_dir}")
     strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
-    return [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
-                            data.strong_per_batch, ids=strong, label_map=label_map),
-            pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch, ids=strong,
-                            exclude_ids=True, label_map=label_map)]
+    streams = [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
+                               data.strong_per_batch, ids=strong, label_map=label_map)]
+    if data.weak_per_batch > 0:  # 0: the strong subset alone (the paper's "Strong 1,464" row)
+        streams.append(pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch,
+                                       ids=strong, exclude_ids=True, label_map=label_map))
+    return streams
 
 
 def class_label_map(source: list[str], target: list[str]) -> tuple[int, ...]:
@@ -149,11 +153,14 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     if len(info["class_names"]) != exp.model.num_classes:
         raise ValueError(f"the model has {exp.model.num_classes} classes but the data has "
                          f"{len(info['class_names'])} ({info['class_names']}); set --num_classes")
+    init = resolve_init(exp.init, exp.model)
+    if init != exp.init:
+        info.update(init_weights=init, init_val_top1=pretrain.backbone_info(init)["val_top1"])
     train_lib.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
-        model_lib.initialise(network, exp.model.fov, exp.init)
+        model_lib.initialise(network, exp.model.fov, init)
         if exp.init_from:
             init_from_run(network, exp.init_from, exp.reset_classifier)
         trainer = train_lib.Trainer(network, exp.estep, exp.optim)
@@ -164,6 +171,18 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
         evaluate_fn = val_evaluator(info["data_dir"], exp.data.val_split,
                                     len(info["eval_class_names"]), info["label_map"])
     return train_lib.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+
+
+EMBEDDED_IMAGENET = "embedded_imagenet"
+
+
+def resolve_init(init: str, model: model_lib.ModelConfig) -> str:
+    """The `--init` value as model.initialise takes it: "embedded_imagenet"
+    becomes the backbone pretrained on the ImageNet stand-in for this width
+    and FOV (made once, then cached); other values pass through."""
+    if init != EMBEDDED_IMAGENET:
+        return init
+    return pretrain.ensure_backbone(pretrain.PretrainConfig(width=model.width, fov=model.fov))
 
 
 def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:

@@ -69,12 +69,28 @@ def _channels(base: int, width: float) -> int:
     return max(4, int(round(base * width)))
 
 
-def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab") -> keras.Model:
+def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
+                  batch_norm: bool = False) -> keras.Model:
     """Builds DeepLab-VGG16 as a Keras functional model.
 
     Input (B, H, W, 3) float32, mean-subtracted RGB; output (B, h, w, C)
     float32 logits with h = ceil(H / 8), w = ceil(W / 8).
+
+    `batch_norm` puts a BatchNormalization (named `<conv>_bn`) between each of
+    conv1-fc7 and its ReLU. DeepLab has none; only the stand-in pretraining
+    uses it, to train from scratch quickly, and folds it into the
+    convolutions afterwards (`fold_batch_norm`), so what it hands on is a
+    plain VGG backbone.
     """
+    def conv(x, filters, kernel, name, dilation=1, init=None):
+        x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation,
+                                activation=None if batch_norm else "relu",
+                                kernel_initializer=init or conv_init, name=name)(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        return x
+
     conv_init = keras.initializers.HeNormal()
     # The input is raw pixels minus the mean (std ~60, the Caffe convention
     # VGG-16's weights expect): a random first layer is scaled down to match,
@@ -84,19 +100,15 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab") ->
     for block, num_convs, channels in _VGG_BLOCKS:
         dilation = 2 if block == 5 else 1  # conv5: atrous, rate 2.
         for i in range(1, num_convs + 1):
-            x = keras.layers.Conv2D(
-                _channels(channels, config.width), 3, padding="same", dilation_rate=dilation,
-                activation="relu", kernel_initializer=first_init if block == i == 1 else conv_init,
-                name=f"block{block}_conv{i}")(x)
+            x = conv(x, _channels(channels, config.width), 3, f"block{block}_conv{i}", dilation,
+                     first_init if block == i == 1 else conv_init)
         stride = 2 if block <= 3 else 1  # pool4 and pool5 keep the resolution.
         x = keras.layers.MaxPooling2D(3, strides=stride, padding="same", name=f"block{block}_pool")(x)
     kernel, dilation, fc_channels = FOVS[config.fov]
     fc_channels = _channels(fc_channels, config.width)
-    x = keras.layers.Conv2D(fc_channels, kernel, padding="same", dilation_rate=dilation,
-                            activation="relu", kernel_initializer=conv_init, name="fc6")(x)
+    x = conv(x, fc_channels, kernel, "fc6", dilation)
     x = keras.layers.Dropout(config.dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(fc_channels, 1, activation="relu", kernel_initializer=conv_init,
-                            name="fc7")(x)
+    x = conv(x, fc_channels, 1, "fc7")
     x = keras.layers.Dropout(config.dropout, name="drop7")(x)
     scores = keras.layers.Conv2D(
         config.num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -130,32 +142,95 @@ def _fc_surgery(fc1_kernel: np.ndarray, fc2_kernel: np.ndarray, fc1_bias: np.nda
     return [fc6, fc1_bias[::step]], [fc7, fc2_bias[::step]]
 
 
-def load_vgg16_weights(net: keras.Model, fov: str, weights: str = "imagenet") -> None:
-    """Initialises conv1-conv5, fc6 and fc7 of `net` from VGG-16 weights.
+BACKBONE_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in _VGG_BLOCKS
+                        for i in range(1, n + 1)) + ("fc6", "fc7")
+
+
+def backbone_weights(net: keras.Model) -> dict:
+    """{layer name: [kernel, bias]} of conv1-fc7 (everything but fc8)."""
+    return {name: net.get_layer(name).get_weights() for name in BACKBONE_LAYERS}
+
+
+def fold_batch_norm(net: keras.Model) -> dict:
+    """conv1-fc7 of a `batch_norm=True` network as plain convolutions.
+
+    Inference-mode BN is affine per channel, y = g (x - m) / sqrt(v + eps) + b,
+    so it folds into the preceding convolution: kernel * s, (bias - m) * s + b
+    with s = g / sqrt(v + eps). Returns {layer: [kernel, bias]} for a network
+    without BN (same outputs up to float rounding)."""
+    out = {}
+    for name in BACKBONE_LAYERS:
+        kernel, bias = net.get_layer(name).get_weights()
+        bn = net.get_layer(f"{name}_bn")
+        gamma, beta, mean, var = bn.get_weights()
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        out[name] = [kernel * scale, (bias - mean) * scale + beta]
+    return out
+
+
+def load_backbone(net: keras.Model, weights: dict, source: str) -> None:
+    """Copies conv1-fc7 from `weights` ({layer: [kernel, bias]}) into `net`;
+    fc8 (the classifier) is left as built. The one path of every pretrained
+    start: VGG-16 from ImageNet and the embedded stand-in alike."""
+    missing = [name for name in BACKBONE_LAYERS if name not in weights]
+    if missing:
+        raise ValueError(f"{source}: no weights for layers {missing}")
+    for name in BACKBONE_LAYERS:
+        layer = net.get_layer(name)
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(np.shape(w)) for w in weights[name]]
+        if got != expected:
+            raise ValueError(f"{source}: layer {name} has shapes {got} there but {expected} "
+                             "in this network (another --width or --fov?)")
+        layer.set_weights(weights[name])
+
+
+def vgg16_backbone(fov: str, weights: str = "imagenet") -> dict:
+    """conv1-fc7 of DeepLab from `keras.applications.VGG16` weights.
 
     `weights` is "imagenet" (downloaded by Keras on a connected machine) or a
     local path to a `keras.applications.VGG16` weights file (with the top).
+    conv1-conv5 are copied; fc6/fc7 come from fc1/fc2 by `_fc_surgery`.
+    """
+    vgg = keras.applications.VGG16(weights=weights, include_top=True)
+    out = {layer.name: layer.get_weights() for layer in vgg.layers
+           if layer.name.startswith("block") and "conv" in layer.name}
+    fc1 = vgg.get_layer("fc1").get_weights()
+    fc2 = vgg.get_layer("fc2").get_weights()
+    out["fc6"], out["fc7"] = _fc_surgery(fc1[0], fc2[0], fc1[1], fc2[1], fov)
+    return out
+
+
+def load_vgg16_weights(net: keras.Model, fov: str, weights: str = "imagenet") -> None:
+    """Initialises conv1-conv5, fc6 and fc7 of `net` from VGG-16 weights.
+
     Only a width-1 network can take VGG-16 weights. fc8 is left as built.
     """
     if net.get_layer("block1_conv1").filters != 64:
         raise ValueError("VGG-16 weights need a width-1 network (--width=1).")
-    vgg = keras.applications.VGG16(weights=weights, include_top=True)
-    for layer in vgg.layers:
-        if layer.name.startswith("block") and "conv" in layer.name:
-            net.get_layer(layer.name).set_weights(layer.get_weights())
-    fc1 = vgg.get_layer("fc1").get_weights()
-    fc2 = vgg.get_layer("fc2").get_weights()
-    fc6, fc7 = _fc_surgery(fc1[0], fc2[0], fc1[1], fc2[1], fov)
-    net.get_layer("fc6").set_weights(fc6)
-    net.get_layer("fc7").set_weights(fc7)
+    load_backbone(net, vgg16_backbone(fov, weights), f"VGG-16 weights {weights!r}")
+
+
+def read_backbone_file(path: str) -> dict:
+    """{layer: [kernel, bias]} from a backbone .npz (kseg.training.pretrain)."""
+    weights: dict = {}
+    with np.load(path) as data:
+        for key in sorted(data.files, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
+            weights.setdefault(key.rsplit("/", 1)[0], []).append(data[key])
+    return weights
 
 
 def initialise(net: keras.Model, fov: str, init: str) -> None:
-    """Applies an `--init` choice: "random", "imagenet" or a weights-file path."""
+    """Applies an `--init` choice: "random", "imagenet", a local Keras VGG-16
+    weights file (.h5), or a backbone file (.npz) written by pretraining on
+    the embedded ImageNet stand-in (kseg.training.pretrain)."""
     if init == "random":
         return
     if init != "imagenet":
         import os
         if not os.path.isfile(init):
-            raise FileNotFoundError(f"--init: no VGG-16 weights file at {init!r}")
+            raise FileNotFoundError(f"--init: no VGG-16 weights or backbone file at {init!r}")
+        if init.endswith(".npz"):
+            load_backbone(net, read_backbone_file(init), f"--init={init}")
+            return
     load_vgg16_weights(net, fov, init)

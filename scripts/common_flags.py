@@ -48,8 +48,10 @@ def define_train_flags():
     flags.DEFINE_float("width", 1.0, "Channel width multiplier (1 = VGG-16).")
     flags.DEFINE_integer("num_classes", 21, "Labels including background.")
     flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7.")
-    flags.DEFINE_string("init", "random", "'random', 'imagenet' (download through Keras) "
-                        "or a local keras.applications.VGG16 weights file.")
+    flags.DEFINE_string("init", "random", "'random', 'imagenet' (download through Keras), "
+                        "'embedded_imagenet' (conv1-fc7 pretrained on the embedded ImageNet "
+                        "stand-in, made once and cached), a local keras.applications.VGG16 "
+                        "weights file (.h5) or a backbone file (.npz, scripts/pretrain.py).")
     flags.DEFINE_string("init_from", None, "A training run directory whose newest checkpoint "
                         "initialises the network (Cross-Pretrain).")
     flags.DEFINE_bool("reset_classifier", False, "With --init_from: a fresh classifier (fc8).")
