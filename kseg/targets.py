@@ -52,6 +52,13 @@ class EStepConfig:
     # starts from ImageNet weights; from random init the network first learns
     # "background everywhere" and EM then never recovers the objects.
     box_warmup_steps: int = 0
+    # Steps at the start during which image-label examples (EM-Fixed,
+    # EM-Adapt) are left out of the loss, so a semi-supervised run first
+    # learns from its strong images alone. 0 = the paper. EM-Fixed's biases
+    # move the object boundaries by a fixed amount of score: while the
+    # network's margins are small, that pushes objects over the background
+    # step after step (docs/pretraining.md).
+    weak_warmup_steps: int = 0
 
 
 def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepConfig(),
@@ -68,7 +75,9 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
       targets (B, h, w) int32 with 255 = ignored, and a dict of scalar
       statistics of the weak examples' E-step (`bg_fraction`,
       `fg_fraction`, `adapt_bias`).
-      step: the training step (scalar), for `config.box_warmup_steps`.
+      step: the training step (scalar), for `config.box_warmup_steps` and
+        `config.weak_warmup_steps` (the statistics are those of the E-step
+        even while warming up).
     """
     scores = tf.stop_gradient(scores)  # (B, h, w, C)
     if "label_space" in batch:
@@ -111,6 +120,10 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
     weak_valid = valid & weak[:, None, None]  # (B, h, w)
     stats = estep.estep_stats(tf.where(weak_valid, targets, estep.IGNORE_LABEL), weak_valid)
     stats["adapt_bias"] = adapt_bias
+    if config.weak_warmup_steps and step is not None:
+        image_label = tf.equal(kind, KIND_ID["em_fixed"]) | tf.equal(kind, KIND_ID["em_adapt"])
+        warming = tf.cast(step, tf.int64) < config.weak_warmup_steps
+        targets = tf.where((image_label & warming)[:, None, None], estep.IGNORE_LABEL, targets)
     return tf.stop_gradient(targets), stats
 
 

@@ -70,6 +70,9 @@ def define_train_flags():
     flags.DEFINE_integer("box_warmup_steps", 0, "Bbox-EM-Fixed: fill the boxes (Bbox-Rect "
                          "like) for this many first steps before EM (0 = the paper; helps "
                          "from random init).")
+    flags.DEFINE_integer("weak_warmup_steps", 0, "Leave image-label examples out of the loss "
+                         "for this many first steps (semi runs start on their strong images; "
+                         "0 = the paper).")
     flags.DEFINE_enum("bbox_outside", "background", ["background", "soft"],
                       "Bbox-EM-Fixed outside boxes: hard background (paper) or a "
                       "soft bias (released code).")
@@ -129,7 +132,8 @@ def experiment_from_flags(model_dir: str) -> experiment.Experiment:
         estep=targets.EStepConfig(
             fg_bias=f.fg_bias, bg_bias=f.bg_bias, fg_portion=f.fg_portion,
             bg_portion=f.bg_portion, adapt_iters=f.adapt_iters, adapt_margin=f.adapt_margin,
-            bbox_outside=f.bbox_outside, box_warmup_steps=f.box_warmup_steps),
+            bbox_outside=f.bbox_outside, box_warmup_steps=f.box_warmup_steps,
+            weak_warmup_steps=f.weak_warmup_steps),
         optim=train_lib.OptimConfig(
             optimizer=f.optimizer, learning_rate=f.learning_rate, momentum=f.momentum, weight_decay=f.weight_decay,
             lr_decay_steps=f.lr_decay_steps, lr_decay=f.lr_decay,

@@ -107,3 +107,22 @@ def test_box_warmup_fills_the_boxes_then_trusts_the_network():
     inside = batch["box_mask"].numpy()[..., 2] & batch["valid"].numpy()
     assert (early.numpy()[inside] == 2).all()
     assert (late.numpy()[inside] == 0).all()
+
+
+def test_weak_warmup_leaves_image_label_examples_out_then_runs_em():
+    scores, batch = _manual_batch(2)
+    config = targets.EStepConfig(weak_warmup_steps=10)
+    plain, plain_stats = targets.compute_targets(tf.constant(scores), batch)
+    warm, warm_stats = targets.compute_targets(tf.constant(scores), batch, config, step=9)
+    after, _ = targets.compute_targets(tf.constant(scores), batch, config, step=10)
+    warm, plain = warm.numpy(), plain.numpy()
+    # Examples 1 (em_fixed) and 2 (em_adapt) are ignored while warming up ...
+    assert (warm[1:3] == 255).all()
+    # ... strong, box and Bbox-EM-Fixed examples are not touched ...
+    np.testing.assert_array_equal(warm[[0, 3, 4]], plain[[0, 3, 4]])
+    # ... the statistics still describe the E-step (no false collapse warning) ...
+    np.testing.assert_allclose(warm_stats["fg_fraction"], plain_stats["fg_fraction"])
+    # ... and from step 10 on, EM-Fixed gives its labels again (EM-Adapt's
+    # visiting order is random, so only its valid pixels are checked).
+    np.testing.assert_array_equal(after.numpy()[1], plain[1])
+    assert (after.numpy()[2][batch["valid"].numpy()[2]] != 255).all()
