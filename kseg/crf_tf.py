@@ -63,21 +63,23 @@ _MAX_CODE = 2.0 ** 62
 
 
 class Lattice(NamedTuple):
-    """A permutohedral lattice over P points (all images of a batch at once).
+    """A permutohedral lattice with M vertices over P points (all images of a batch).
 
     Attributes:
-      vertex_ids: (P, d+1) int32, for each point the lattice vertex of each of
-        the d+1 corners of its simplex, in [0, M).
-      weights: (P, d+1) float32 barycentric weights (sum to 1 per point).
-      neighbours: (d+1, 2, M+1) int32; neighbours[j, 0/1, v] are the vertices
-        before/after v along lattice direction j, M where there is none. Row M
-        is an all-zero vertex whose neighbours are itself.
-      num_vertices: () int32, M.
+      vertex_ids: (P, d+1) int64, the vertices of each point's simplex, in
+        [0, M), numbered in the order of their codes.
+      weights: (P, d+1) float32 barycentric weights (each row sums to 1).
+      splat_order: (P (d+1),) int32, the flattened (point, corner) entries
+        sorted by vertex id.
+      next_vertex: d+1 (M,) int64 tensors: the vertex after each vertex along
+        lattice direction j, -1 where there is none.
+      num_vertices: () int64, M.
     """
 
     vertex_ids: tf.Tensor
     weights: tf.Tensor
-    neighbours: tf.Tensor
+    splat_order: tf.Tensor
+    next_vertex: tuple
     num_vertices: tf.Tensor
 
 
@@ -129,40 +131,38 @@ def build_lattice(features, image_ids=None, num_images=None):
     excess = tf.reduce_sum(tf.cast(rounded, tf.int32), axis=1, keepdims=True)  # (P, 1)
     delta = elevated - tf.cast(rem0, tf.float32)  # (P, d+1)
 
-    # Rank of each coordinate of delta (descending; ties go to the lower index).
-    greater = delta[:, None, :] > delta[:, :, None]  # (P, i, j): delta_j > delta_i
-    upper = np.triu(np.ones((d1, d1), bool), k=1)  # j > i
-    later = tf.logical_and(greater, upper)
-    earlier = tf.logical_and(tf.logical_not(tf.transpose(greater, [0, 2, 1])), upper.T)
-    rank = tf.reduce_sum(tf.cast(tf.logical_or(later, earlier), tf.int32), axis=2)  # (P, d+1)
+    # Coordinates of delta by rank, the largest first; equal values keep
+    # index order, as pydensecrf's pairwise comparison ranks them.
+    by_rank = tf.math.top_k(delta, k=d1).indices  # (P, d+1): coordinate of rank r
+    rank = tf.argsort(by_rank, axis=1)  # (P, d+1): rank of coordinate i
 
-    # Bring the rounded point back onto the plane.
+    # Bring the rounded point back onto the plane: every rank shifts by
+    # `excess` and a coordinate whose rank leaves 0..d wraps around and
+    # moves by d+1.
     rank = rank + excess
     below = tf.cast(rank < 0, tf.int32) * d1
     above = tf.cast(rank > dim, tf.int32) * d1
-    rank = rank + below - above
     rem0 = rem0 + below - above
     delta = elevated - tf.cast(rem0, tf.float32)
+    by_rank = tf.gather(by_rank, (np.arange(d1, dtype=np.int32) - excess) % d1, batch_dims=1)
+    # Coordinates by position d - rank, the smallest first.
+    by_position = tf.reverse(by_rank, axis=[1])  # (P, d+1)
 
     # Barycentric weights (§4): differences of the sorted coordinates.
-    position = dim - rank  # (P, d+1), a permutation of 0..d per point
     v = delta * np.float32(1.0 / d1)
-    sorted_v = tf.einsum("pi,pik->pk", v, tf.one_hot(position, d1, dtype=tf.float32))
+    sorted_v = tf.gather(v, by_position, batch_dims=1)  # (P, d+1)
     weights = tf.concat([sorted_v[:, :1] + (1.0 - sorted_v[:, -1:]),
                          sorted_v[:, 1:] - sorted_v[:, :-1]], axis=1)  # (P, d+1)
 
-    # The simplex's vertices: remainder-r vertex = rem0 + canonical_r[rank];
-    # only the first d coordinates are kept (the last follows from sum 0).
-    remainder = np.arange(d1, dtype=np.int32)[None, :, None]  # (1, r, 1)
-    wraps = tf.cast(rank[:, None, :dim] > dim - remainder, tf.int32)  # (P, r, d)
-    keys = rem0[:, None, :dim] + remainder - d1 * wraps  # (P, d+1, d)
-    keys = tf.reshape(keys, [-1, dim])  # (P (d+1), d)
-
-    # Mixed-radix int64 code; the margin of d+1 keeps every blur neighbour
-    # of a vertex inside the box, so neighbours are found by a code offset.
-    low = tf.cast(tf.reduce_min(keys, axis=0), tf.int64) - d1  # (d,)
-    high = tf.cast(tf.reduce_max(keys, axis=0), tf.int64) + d1
-    span = high - low + 1  # (d,)
+    # Vertex codes. The remainder-r vertex of a point has the integer key
+    # rem0_k + r - (d+1) [d - rank_k < r] on the kept coordinates k < d (the
+    # last one follows from sum 0), within rem0_k +- d; its blur neighbours
+    # are within +- 2d. Keys are coded in a mixed radix wide enough for all
+    # of them, so a neighbour is a fixed code offset away, and one int64
+    # code per vertex makes vertices unique with tf.unique.
+    kept = tf.cast(rem0[:, :dim], tf.int64)  # (P, d)
+    low = tf.reduce_min(kept, axis=0) - 2 * d1  # (d,)
+    span = tf.reduce_max(kept, axis=0) + 2 * d1 - low + 1  # (d,)
     stride = tf.math.cumprod(span, exclusive=True)  # (d,)
     span_product = tf.reduce_prod(tf.cast(span, tf.float64))
     if image_ids is not None:
@@ -172,64 +172,91 @@ def build_lattice(features, image_ids=None, num_images=None):
         message="build_lattice: the features span too many lattice cells for an int64 "
                 "vertex code; the kernel stds are too small for the feature range")
     with tf.control_dependencies([check]):
-        codes = tf.reduce_sum((tf.cast(keys, tf.int64) - low) * stride, axis=1)  # (P (d+1),)
+        base = tf.reduce_sum((kept - low) * stride, axis=1)  # (P,) code of rem0
     if image_ids is not None:
-        image_stride = tf.reduce_prod(span)
-        point_image = tf.repeat(tf.cast(image_ids, tf.int64), d1)
-        codes = codes + point_image * image_stride
+        base = base + tf.cast(image_ids, tf.int64) * tf.reduce_prod(span)
+    # Sum of the strides of the coordinates at positions d - rank < r, for
+    # each r: an exclusive cumulative sum of the strides listed by position.
+    stride_by_position = tf.gather(tf.concat([stride, [0]], axis=0), by_position)
+    remainder = tf.range(d1, dtype=tf.int64)
+    codes = (base[:, None] + remainder * tf.reduce_sum(stride)
+             - d1 * tf.cumsum(stride_by_position, axis=1, exclusive=True))  # (P, d+1)
 
-    unique_codes, vertex_ids = tf.unique(codes, out_idx=tf.int32)  # (M,), (P (d+1),)
-    num_vertices = tf.shape(unique_codes)[0]
-    order = tf.argsort(unique_codes)
-    sorted_codes = tf.gather(unique_codes, order)  # (M,)
+    # Vertices are the distinct codes, numbered in code order: then a blur
+    # neighbour is a fixed code offset away, neighbour ids grow with the
+    # vertex id, and the blur reads memory almost sequentially. One sort of
+    # the (point, remainder) entries gives the numbering and the entries in
+    # vertex order (for a splat that writes each vertex once).
+    flat_codes = tf.reshape(codes, [-1])  # (P (d+1),)
+    splat_order = tf.argsort(flat_codes, stable=True)  # (P (d+1),)
+    entry_codes = tf.gather(flat_codes, splat_order)
+    is_first = tf.concat([[True], tf.not_equal(entry_codes[1:], entry_codes[:-1])], axis=0)
+    sorted_vertex_ids = tf.cumsum(tf.cast(is_first, tf.int64)) - 1  # (P (d+1),)
+    vertex_codes = tf.boolean_mask(entry_codes, is_first)  # (M,) ascending
+    num_vertices = tf.size(vertex_codes, out_type=tf.int64)
+    vertex_ids = tf.gather(sorted_vertex_ids, tf.math.invert_permutation(splat_order))
 
-    def lookup(targets):
-        """Vertex id of each code in targets (M,), or M if it is not a vertex."""
-        at = tf.minimum(tf.searchsorted(sorted_codes, targets, out_type=tf.int32),
-                        num_vertices - 1)
-        found = tf.equal(tf.gather(sorted_codes, at), targets)
-        return tf.where(found, tf.gather(order, at), num_vertices)
-
-    # Along direction j < d the neighbour key is key - 1 + (d+1) e_j (and its
-    # negation); along direction d it is key - 1 on every kept coordinate.
+    # Along direction j < d the next vertex's key is key + d on coordinate j
+    # and key - 1 on the others; along direction d it is key - 1 on every
+    # kept coordinate (the previous vertex is the opposite offset).
     all_minus_one = -tf.reduce_sum(stride)
-    neighbours = []
-    pad = tf.reshape(num_vertices, [1])
+    next_vertex = []
     for j in range(d1):
         offset = all_minus_one + (d1 * stride[j] if j < dim else 0)
-        neighbours.append(tf.stack([
-            tf.concat([lookup(unique_codes + offset), pad], 0),
-            tf.concat([lookup(unique_codes - offset), pad], 0)]))
-    neighbours = tf.stack(neighbours)  # (d+1, 2, M+1)
-
+        targets = vertex_codes + offset
+        at = tf.minimum(tf.searchsorted(vertex_codes, targets, out_type=tf.int64),
+                        num_vertices - 1)
+        found = tf.equal(tf.gather(vertex_codes, at), targets)
+        next_vertex.append(tf.where(found, at, -1))  # (M,)
     return Lattice(vertex_ids=tf.reshape(vertex_ids, [-1, d1]), weights=weights,
-                   neighbours=neighbours, num_vertices=num_vertices)
+                   splat_order=splat_order, next_vertex=tuple(next_vertex),
+                   num_vertices=num_vertices)
 
 
-def _splat(lattice, values, splat_weights):
-    """(P, C) values -> (M+1, C) lattice values (row M stays zero)."""
-    d1 = lattice.vertex_ids.shape[1]
-    channels = tf.shape(values)[1]
-    weighted = values[:, None, :] * splat_weights[:, :, None]  # (P, d+1, C)
-    return tf.math.unsorted_segment_sum(
-        tf.reshape(weighted, [-1, channels]),
-        tf.reshape(lattice.vertex_ids, [-1]),
-        lattice.num_vertices + 1)  # (M+1, C)
+# ------------------------------------------------------------------ filtering
 
 
-def _blur(lattice, grid):
-    """One pass of [0.5, 1, 0.5] along each lattice direction, in order 0..d."""
-    d1 = lattice.vertex_ids.shape[1]
-    for j in range(d1):
-        grid = grid + 0.5 * (tf.gather(grid, lattice.neighbours[j, 0])
-                             + tf.gather(grid, lattice.neighbours[j, 1]))
-    return grid
+def _row_blocks(indices, values, num_rows, num_cols, num_blocks):
+    """A sparse (R, K) matrix as ``num_blocks`` SparseTensors of consecutive rows.
+
+    Each block's product is an independent op, so TensorFlow's inter-op
+    threads run the blocks of one product in parallel (a SparseTensor-dense
+    product is one single-threaded op on CPU).
+
+    Args:
+      indices: (n, 2) int64 (row, column) of the entries, sorted by row (the
+        products read and write memory in order).
+      values: (n,) float32.
+      num_rows, num_cols: () int64, R and K.
+      num_blocks: Python int.
+
+    Returns:
+      A tuple of ``num_blocks`` SparseTensors, block b holding rows
+      [R b / num_blocks, R (b+1) / num_blocks) renumbered from 0.
+    """
+    if num_blocks == 1:
+        return (tf.SparseTensor(indices, values, tf.stack([num_rows, num_cols])),)
+    bounds = num_rows * tf.range(num_blocks + 1, dtype=tf.int64) // num_blocks
+    starts = tf.searchsorted(indices[:, 0], bounds, out_type=tf.int64)
+    blocks = []
+    for b in range(num_blocks):
+        entries = tf.range(starts[b], starts[b + 1])
+        block_indices = (tf.gather(indices, entries)
+                         - tf.stack([bounds[b], tf.constant(0, tf.int64)]))
+        blocks.append(tf.SparseTensor(block_indices, tf.gather(values, entries),
+                                      tf.stack([bounds[b + 1] - bounds[b], num_cols])))
+    return tuple(blocks)
 
 
-def _slice(lattice, grid, slice_weights):
-    """(M+1, C) lattice values -> (P, C) at the points."""
-    gathered = tf.gather(grid, lattice.vertex_ids)  # (P, d+1, C)
-    return tf.einsum("prc,pr->pc", gathered, slice_weights)
+def _matmul(blocks, dense):
+    """(row blocks of an (R, K) sparse matrix) @ (K, C) dense -> (R, C)."""
+    products = [tf.sparse.sparse_dense_matmul(block, dense) for block in blocks]
+    return products[0] if len(products) == 1 else tf.concat(products, axis=0)
+
+
+def _scaled(blocks, factor):
+    """The blocks with their values multiplied by a scalar ``factor``."""
+    return tuple(tf.SparseTensor(b.indices, b.values * factor, b.dense_shape) for b in blocks)
 
 
 def _slice_scale(dim):
@@ -238,37 +265,100 @@ def _slice_scale(dim):
 
 
 class GaussianFilter(NamedTuple):
-    """A normalised lattice filter, ready to apply: K(Q) = slice(blur(splat(Q))).
+    """The symmetrically normalised lattice filter as sparse matrices, ready to apply.
 
-    ``splat_weights`` and ``slice_weights`` (P, d+1) fold in the symmetric
-    normaliser D^{-1/2} of each point (and the slice scale).
+    K(Q) = slice @ blur_d @ ... @ blur_0 @ splat @ Q, with pydensecrf's
+    NORMALIZE_SYMMETRIC folded into the splat and slice weights:
+    splat = W diag(n), slice = s diag(n) W^T, where W (M, P) holds the
+    barycentric weights, s = 1 / (1 + 2^-d) is the slice scale, n = D^{-1/2}
+    and D = diag(s W^T B W 1). Every matrix is cut into row blocks (see
+    :func:`_row_blocks`).
+
+    Attributes:
+      splat: row blocks of the (M, P) splat matrix.
+      blurs: d+1 row-block tuples of the (M, M) blur along direction j:
+        1 on the diagonal, 0.5 between a vertex and its neighbours along j.
+      slice: row blocks of the (P, M) slice matrix.
     """
 
-    lattice: Lattice
-    splat_weights: tf.Tensor
-    slice_weights: tf.Tensor
+    splat: tuple
+    blurs: tuple
+    slice: tuple
 
-    def __call__(self, values):
-        grid = _blur(self.lattice, _splat(self.lattice, values, self.splat_weights))
-        return _slice(self.lattice, grid, self.slice_weights)
+    def __call__(self, values, weight=None):
+        """(P, C) float32 values -> weight * K(values), (P, C) float32.
+
+        ``weight`` (a scalar, tensor or variable) scales the slice weights,
+        which is cheaper than scaling the (P, C) output.
+        """
+        grid = _matmul(self.splat, values)  # (M, C)
+        for blur in self.blurs:
+            grid = _matmul(blur, grid)
+        slice_blocks = self.slice if weight is None else _scaled(self.slice, weight)
+        return _matmul(slice_blocks, grid)  # (P, C)
 
 
-def gaussian_filter(features, image_ids=None, num_images=None):
+def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
     """The symmetrically normalised Gaussian filter on ``features`` (P, d).
 
-    Returns a :class:`GaussianFilter`; calling it on (P, C) float32 values gives
-    D^{-1/2} A D^{-1/2} values, A the lattice Gaussian, D = diag(A 1).
+    Args:
+      features: (P, d) float32 features over their stds (gradients are not
+        propagated to them).
+      image_ids, num_images: see :func:`build_lattice`.
+      num_blocks: Python int, row blocks per sparse product (see
+        :func:`_row_blocks`); 1 unless inter-op threads can run them.
+
+    Returns:
+      A :class:`GaussianFilter`; calling it on (P, C) float32 values gives
+      D^{-1/2} A D^{-1/2} values, A the lattice approximation of
+      exp(-|f_i - f_j|^2 / 2) (self included) and D = diag(A 1).
     """
+    features = tf.stop_gradient(tf.convert_to_tensor(features, tf.float32))
     lattice = build_lattice(features, image_ids, num_images)
-    dim = lattice.vertex_ids.shape[1] - 1
-    scale = _slice_scale(dim)
-    ones = tf.ones_like(lattice.weights[:, :1])  # (P, 1)
-    norm = _slice(lattice, _blur(lattice, _splat(lattice, ones, lattice.weights)),
-                  lattice.weights * scale)  # (P, 1)
-    inv_sqrt = 1.0 / tf.sqrt(norm + _NORM_EPS)  # (P, 1)
-    return GaussianFilter(lattice=lattice,
-                          splat_weights=lattice.weights * inv_sqrt,
-                          slice_weights=lattice.weights * (scale * inv_sqrt))
+    d1 = lattice.weights.shape[1]
+    num_points = tf.shape(features, out_type=tf.int64)[0]
+    num_vertices = lattice.num_vertices
+
+    # Slice entries in point order, splat entries in vertex order.
+    point_ids = tf.range(num_points * d1, dtype=tf.int64) // d1  # (P (d+1),)
+    vertex_ids = tf.reshape(lattice.vertex_ids, [-1])
+    weights = tf.reshape(lattice.weights, [-1])
+    slice_indices = tf.stack([point_ids, vertex_ids], axis=1)
+    splat_indices = tf.gather(tf.reverse(slice_indices, axis=[1]), lattice.splat_order)
+
+    # Blur along j: row v holds (v, previous) 0.5, (v, v) 1, (v, next) 0.5,
+    # built row by row from an (M, 3) table so the entries are sorted by row.
+    vertices = tf.range(num_vertices)
+    blurs = []
+    for next_vertex in lattice.next_vertex:
+        has_next = tf.where(next_vertex >= 0)  # (E, 1)
+        previous = tf.tensor_scatter_nd_update(
+            tf.fill([num_vertices], tf.constant(-1, tf.int64)),
+            tf.gather_nd(next_vertex, has_next)[:, None], has_next[:, 0])  # (M,)
+        columns = tf.stack([previous, vertices, next_vertex], axis=1)  # (M, 3)
+        present = tf.where(columns >= 0)  # (n, 2): (row, slot), row-major
+        indices = tf.stack([present[:, 0], tf.gather_nd(columns, present)], axis=1)
+        values = tf.gather(tf.constant([0.5, 1.0, 0.5]), present[:, 1])
+        blurs.append(_row_blocks(indices, values, num_vertices, num_vertices, num_blocks))
+
+    def filter_ones(splat_values, slice_values):
+        grid = _matmul(_row_blocks(splat_indices, splat_values, num_vertices, num_points,
+                                   num_blocks), tf.ones([num_points, 1]))
+        for blur in blurs:
+            grid = _matmul(blur, grid)
+        return _matmul(_row_blocks(slice_indices, slice_values, num_points, num_vertices,
+                                   num_blocks), grid)[:, 0]  # (P,)
+
+    scale = _slice_scale(d1 - 1)
+    norm = filter_ones(tf.gather(weights, lattice.splat_order), scale * weights)  # (P,)
+    inv_sqrt = tf.gather(1.0 / tf.sqrt(norm + _NORM_EPS), point_ids)  # (P (d+1),)
+    slice_values = weights * inv_sqrt
+    return GaussianFilter(
+        splat=_row_blocks(splat_indices, tf.gather(slice_values, lattice.splat_order),
+                          num_vertices, num_points, num_blocks),
+        blurs=tuple(blurs),
+        slice=_row_blocks(slice_indices, scale * slice_values, num_points, num_vertices,
+                          num_blocks))
 
 
 # ------------------------------------------------------------------ mean field
@@ -305,7 +395,7 @@ def _pixel_features(height, width, batch):
 
 
 def mean_field(images, unary, params=CRFParams(), *, bi_w=None, pos_w=None,
-               reference_size=None):
+               reference_size=None, num_blocks=1):
     """Mean-field inference in the fully connected CRF (Krähenbühl & Koltun 2011, §3-4).
 
     Args:
@@ -321,6 +411,9 @@ def mean_field(images, unary, params=CRFParams(), *, bi_w=None, pos_w=None,
         A number: they are scaled in the graph by max(H, W) / reference_size,
         as ``params.for_image_size(H, W, reference_size)`` would (for graphs
         that see images of any size).
+      num_blocks: Python int; every sparse product is cut into this many
+        row blocks that TensorFlow's inter-op threads run in parallel. Set
+        it to the number of CPU cores given to TensorFlow; 1 on a GPU.
 
     Returns:
       (B, H, W, C) float32 marginals Q after ``params.num_iter`` updates.
@@ -346,28 +439,28 @@ def mean_field(images, unary, params=CRFParams(), *, bi_w=None, pos_w=None,
     image_ids = tf.repeat(tf.range(batch), height * width)  # (P,)
     rgb = tf.cast(tf.reshape(images, [-1, 3]), tf.float32) / params.bi_rgb_std  # (P, 3)
     pos_filter = gaussian_filter(tf.stack([cols / pos_std, rows / pos_std], axis=1),
-                                 image_ids, batch)
+                                 image_ids, batch, num_blocks)
     bi_filter = gaussian_filter(
         tf.concat([tf.stack([cols / bi_std, rows / bi_std], axis=1), rgb], axis=1),
-        image_ids, batch)
+        image_ids, batch, num_blocks)
 
     neg_unary = -tf.reshape(unary, [-1, channels])  # (P, C)
     q = tf.nn.softmax(neg_unary, axis=-1)
     for _ in range(params.num_iter):
-        logits = neg_unary + pos_w * pos_filter(q) + bi_w * bi_filter(q)
+        logits = tf.add_n([neg_unary, pos_filter(q, pos_w), bi_filter(q, bi_w)])
         q = tf.nn.softmax(logits, axis=-1)
     return tf.reshape(q, shape)
 
 
 def dense_crf(images, probs, params=CRFParams(), *, bi_w=None, pos_w=None,
-              reference_size=None):
+              reference_size=None, num_blocks=1):
     """:func:`kseg.crf.dense_crf` in TensorFlow, batched: the CRF on softmax probabilities.
 
     Args:
       images: (B, H, W, 3) uint8 RGB.
       probs: (B, H, W, C) float softmax probabilities at the image size,
         summing to 1 over C. The unary is -log(max(probs, MIN_PROB)).
-      params, bi_w, pos_w, reference_size: see :func:`mean_field`.
+      params, bi_w, pos_w, reference_size, num_blocks: see :func:`mean_field`.
 
     Returns:
       marginals: (B, H, W, C) float32, each pixel sums to 1.
@@ -394,11 +487,12 @@ def dense_crf(images, probs, params=CRFParams(), *, bi_w=None, pos_w=None,
     with tf.control_dependencies(checks):
         unary = -tf.math.log(tf.maximum(probs, MIN_PROB))
     marginals = mean_field(images, unary, params, bi_w=bi_w, pos_w=pos_w,
-                           reference_size=reference_size)
+                           reference_size=reference_size, num_blocks=num_blocks)
     return marginals, tf.argmax(marginals, axis=-1, output_type=tf.int32)
 
 
-def dense_crf_function(params=CRFParams(), num_labels=None, reference_size=None):
+def dense_crf_function(params=CRFParams(), num_labels=None, reference_size=None,
+                       num_blocks=1):
     """:func:`dense_crf` traced once for any batch and image size.
 
     Returns:
@@ -409,5 +503,6 @@ def dense_crf_function(params=CRFParams(), num_labels=None, reference_size=None)
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8),
                                   tf.TensorSpec([None, None, None, num_labels], tf.float32)])
     def crf(images, probs):
-        return dense_crf(images, probs, params, reference_size=reference_size)
+        return dense_crf(images, probs, params, reference_size=reference_size,
+                         num_blocks=num_blocks)
     return crf
