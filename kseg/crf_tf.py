@@ -90,8 +90,6 @@ class Lattice(NamedTuple):
       vertex_ids: (P, d+1) int64, the vertices of each point's simplex, in
         [0, M), numbered in the order of their codes.
       weights: (P, d+1) float32 barycentric weights (each row sums to 1).
-      splat_order: (P (d+1),) int32, the flattened (point, corner) entries
-        sorted by vertex id.
       next_vertex: d+1 (M,) int64 tensors: the vertex after each vertex along
         lattice direction j, -1 where there is none.
       num_vertices: () int64, M.
@@ -99,7 +97,6 @@ class Lattice(NamedTuple):
 
     vertex_ids: tf.Tensor
     weights: tf.Tensor
-    splat_order: tf.Tensor
     next_vertex: tuple
     num_vertices: tf.Tensor
 
@@ -203,20 +200,15 @@ def build_lattice(features, image_ids=None, num_images=None):
     codes = (base[:, None] + remainder * tf.reduce_sum(stride)
              - d1 * tf.cumsum(stride_by_position, axis=1, exclusive=True))  # (P, d+1)
 
-    # Vertices are the distinct codes, numbered in code order: then a blur
-    # neighbour is a fixed code offset away, neighbour ids grow with the
-    # vertex id, and the blur reads memory almost sequentially. One sort of
-    # the (point, remainder) entries gives the numbering and the entries in
-    # vertex order (for a splat that writes each vertex once).
-    flat_codes = tf.reshape(codes, [-1])  # (P (d+1),)
-    splat_order = tf.argsort(flat_codes, stable=True)  # (P (d+1),)
-    entry_codes = tf.gather(flat_codes, splat_order)
-    previous = tf.pad(entry_codes, [[1, 0]], constant_values=-1)[:-1]  # codes are >= 0
-    is_first = tf.not_equal(entry_codes, previous)
-    sorted_vertex_ids = tf.cumsum(tf.cast(is_first, tf.int64)) - 1  # (P (d+1),)
-    vertex_codes = tf.boolean_mask(entry_codes, is_first)  # (M,) ascending
+    # Vertices are the distinct codes (tf.unique hashes; about half the cost
+    # of sorting all P (d+1) codes), numbered in code order: a blur
+    # neighbour is a fixed code offset away, so neighbour ids grow with the
+    # vertex id and the blur reads memory almost sequentially.
+    distinct, first_seen = tf.unique(tf.reshape(codes, [-1]), out_idx=tf.int64)  # (M,)
+    order = tf.argsort(distinct)
+    vertex_codes = tf.gather(distinct, order)  # (M,) ascending
     num_vertices = tf.size(vertex_codes, out_type=tf.int64)
-    vertex_ids = tf.gather(sorted_vertex_ids, tf.math.invert_permutation(splat_order))
+    vertex_ids = tf.gather(tf.cast(tf.math.invert_permutation(order), tf.int64), first_seen)
 
     # Along direction j < d the next vertex's key is key + d on coordinate j
     # and key - 1 on the others; along direction d it is key - 1 on every
@@ -231,8 +223,7 @@ def build_lattice(features, image_ids=None, num_images=None):
         found = tf.equal(tf.gather(vertex_codes, at), targets)
         next_vertex.append(tf.where(found, at, -1))  # (M,)
     return Lattice(vertex_ids=tf.reshape(vertex_ids, [-1, d1]), weights=weights,
-                   splat_order=splat_order, next_vertex=tuple(next_vertex),
-                   num_vertices=num_vertices)
+                   next_vertex=tuple(next_vertex), num_vertices=num_vertices)
 
 
 # ------------------------------------------------------------------ filtering
@@ -270,8 +261,29 @@ def _row_blocks(indices, values, num_rows, num_cols, num_blocks):
     return tuple(blocks)
 
 
-def _matmul(blocks, dense):
-    """(row blocks of an (R, K) sparse matrix) @ (K, C) dense -> (R, C).
+def _column_blocks(indices, values, num_rows, num_cols, num_blocks):
+    """A sparse (R, K) matrix as ``num_blocks`` SparseTensors of consecutive columns.
+
+    For adjoint products: block b's adjoint gives rows [K b / num_blocks,
+    K (b+1) / num_blocks) of the result, so blocks run in parallel as with
+    :func:`_row_blocks`. Entries keep their order within a block.
+    """
+    if num_blocks == 1:
+        return (tf.SparseTensor(indices, values, tf.stack([num_rows, num_cols])),)
+    cols = indices[:, 1]
+    blocks = []
+    for b in range(num_blocks):
+        low, high = num_cols * b // num_blocks, num_cols * (b + 1) // num_blocks
+        entries = tf.where(tf.logical_and(cols >= low, cols < high))[:, 0]
+        block_indices = tf.gather(indices, entries) - tf.stack([tf.constant(0, tf.int64), low])
+        blocks.append(tf.SparseTensor(block_indices, tf.gather(values, entries),
+                                      tf.stack([num_rows, high - low])))
+    return tuple(blocks)
+
+
+def _matmul(blocks, dense, adjoint=False):
+    """(row blocks of an (R, K) sparse matrix) @ (K, C) dense -> (R, C); with
+    ``adjoint``, (column blocks of a (K, R) sparse matrix)^T @ dense.
 
     With C known while tracing, the columns go in groups of at most
     ``_MAX_COLUMNS``: from 32 columns on, TensorFlow's CPU kernel takes another
@@ -283,7 +295,8 @@ def _matmul(blocks, dense):
         dense, [width // groups + (g < width % groups) for g in range(groups)], axis=1)
     rows = []
     for block in blocks:
-        products = [tf.sparse.sparse_dense_matmul(block, part) for part in columns]
+        products = [tf.sparse.sparse_dense_matmul(block, part, adjoint_a=adjoint)
+                    for part in columns]
         rows.append(products[0] if groups == 1 else tf.concat(products, axis=1))
     return rows[0] if len(rows) == 1 else tf.concat(rows, axis=0)
 
@@ -301,23 +314,27 @@ def _slice_scale(dim):
 class GaussianFilter(NamedTuple):
     """The symmetrically normalised lattice filter as sparse matrices, ready to apply.
 
-    K(Q) = slice @ blur_d @ ... @ blur_0 @ splat @ Q, with pydensecrf's
-    NORMALIZE_SYMMETRIC folded into the splat and slice weights:
-    splat = W diag(n), slice = s diag(n) W^T, where W (M, P) holds the
-    barycentric weights, s = 1 / (1 + 2^-d) is the slice scale, n = D^{-1/2}
-    and D = diag(s W^T B W 1). Every matrix is cut into row blocks (see
-    :func:`_row_blocks`).
+    K(Q) = s T @ blur_d @ ... @ blur_0 @ T^T @ Q, with T (P, M) = diag(n) W^T,
+    W (M, P) the barycentric weights, s = 1 / (1 + 2^-d) pydensecrf's slice
+    scale and n = D^{-1/2}, D = diag(s W^T B W 1): pydensecrf's
+    NORMALIZE_SYMMETRIC folded into the weights. The splat is the adjoint
+    product with T, whose entries are in point order: it reads the values in
+    order and accumulates into the vertices, which measured faster than a
+    vertex-sorted copy of T for both lattices once the cost of that sort is
+    counted.
 
     Attributes:
-      splat: row blocks of the (M, P) splat matrix.
+      splat: column blocks of T (see :func:`_column_blocks`), used adjoint.
       blurs: d+1 row-block tuples of the (M, M) blur along direction j:
         1 on the diagonal, 0.5 between a vertex and its neighbours along j.
-      slice: row blocks of the (P, M) slice matrix.
+      slice: row blocks of T (see :func:`_row_blocks`).
+      scale: s.
     """
 
     splat: tuple
     blurs: tuple
     slice: tuple
+    scale: float
 
     def __call__(self, values, weight=None):
         """(P, C) float32 values -> weight * K(values), (P, C) float32.
@@ -325,11 +342,11 @@ class GaussianFilter(NamedTuple):
         ``weight`` (a scalar, tensor or variable) scales the slice weights,
         which is cheaper than scaling the (P, C) output.
         """
-        grid = _matmul(self.splat, values)  # (M, C)
+        grid = _matmul(self.splat, values, adjoint=True)  # (M, C)
         for blur in self.blurs:
             grid = _matmul(blur, grid)
-        slice_blocks = self.slice if weight is None else _scaled(self.slice, weight)
-        return _matmul(slice_blocks, grid)  # (P, C)
+        factor = self.scale if weight is None else self.scale * weight
+        return _matmul(_scaled(self.slice, factor), grid)  # (P, C)
 
 
 def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
@@ -339,7 +356,7 @@ def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
       features: (P, d) float32 features over their stds (gradients are not
         propagated to them).
       image_ids, num_images: see :func:`build_lattice`.
-      num_blocks: Python int, row blocks per sparse product (see
+      num_blocks: Python int, blocks per sparse product (see
         :func:`_row_blocks`); 1 unless inter-op threads can run them.
 
     Returns:
@@ -353,12 +370,9 @@ def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
     num_points = tf.shape(features, out_type=tf.int64)[0]
     num_vertices = lattice.num_vertices
 
-    # Slice entries in point order, splat entries in vertex order.
     point_ids = tf.range(num_points * d1, dtype=tf.int64) // d1  # (P (d+1),)
-    vertex_ids = tf.reshape(lattice.vertex_ids, [-1])
+    indices = tf.stack([point_ids, tf.reshape(lattice.vertex_ids, [-1])], axis=1)
     weights = tf.reshape(lattice.weights, [-1])
-    slice_indices = tf.stack([point_ids, vertex_ids], axis=1)
-    splat_indices = tf.gather(tf.reverse(slice_indices, axis=[1]), lattice.splat_order)
 
     # Blur along j: row v holds (v, previous) 0.5, (v, v) 1, (v, next) 0.5,
     # built row by row from an (M, 3) table so the entries are sorted by row.
@@ -371,28 +385,21 @@ def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
             tf.gather_nd(next_vertex, has_next)[:, None], has_next[:, 0])  # (M,)
         columns = tf.stack([previous, vertices, next_vertex], axis=1)  # (M, 3)
         present = tf.where(columns >= 0)  # (n, 2): (row, slot), row-major
-        indices = tf.stack([present[:, 0], tf.gather_nd(columns, present)], axis=1)
-        values = tf.gather(tf.constant([0.5, 1.0, 0.5]), present[:, 1])
-        blurs.append(_row_blocks(indices, values, num_vertices, num_vertices, num_blocks))
+        blur_indices = tf.stack([present[:, 0], tf.gather_nd(columns, present)], axis=1)
+        blur_values = tf.gather(tf.constant([0.5, 1.0, 0.5]), present[:, 1])
+        blurs.append(_row_blocks(blur_indices, blur_values, num_vertices, num_vertices,
+                                 num_blocks))
 
-    def filter_ones(splat_values, slice_values):
-        grid = _matmul(_row_blocks(splat_indices, splat_values, num_vertices, num_points,
-                                   num_blocks), tf.ones([num_points, 1]))
-        for blur in blurs:
-            grid = _matmul(blur, grid)
-        return _matmul(_row_blocks(slice_indices, slice_values, num_points, num_vertices,
-                                   num_blocks), grid)[:, 0]  # (P,)
+    def make(values):
+        return GaussianFilter(
+            splat=_column_blocks(indices, values, num_points, num_vertices, num_blocks),
+            blurs=tuple(blurs),
+            slice=_row_blocks(indices, values, num_points, num_vertices, num_blocks),
+            scale=_slice_scale(d1 - 1))
 
-    scale = _slice_scale(d1 - 1)
-    norm = filter_ones(tf.gather(weights, lattice.splat_order), scale * weights)  # (P,)
+    norm = make(weights)(tf.ones([num_points, 1]))[:, 0]  # (P,) = diag(D)
     inv_sqrt = tf.gather(1.0 / tf.sqrt(norm + _NORM_EPS), point_ids)  # (P (d+1),)
-    slice_values = weights * inv_sqrt
-    return GaussianFilter(
-        splat=_row_blocks(splat_indices, tf.gather(slice_values, lattice.splat_order),
-                          num_vertices, num_points, num_blocks),
-        blurs=tuple(blurs),
-        slice=_row_blocks(slice_indices, scale * slice_values, num_points, num_vertices,
-                          num_blocks))
+    return make(weights * inv_sqrt)
 
 
 # ------------------------------------------------------------------ mean field

@@ -131,6 +131,17 @@ def test_traced_once_for_unknown_sizes_and_deterministic():
     assert fn.experimental_get_tracing_count() == 1
 
 
+def test_saved_model_round_trip(tmp_path):
+    module = tf.Module()
+    module.crf = crf_tf.dense_crf_function(CRFParams(num_iter=2), num_labels=4)
+    tf.saved_model.save(module, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    image, probs = _random_case(13, 10, 12)
+    expected, _ = module.crf(image[None], probs[None])
+    marginals, _ = loaded.crf(image[None], probs[None])
+    np.testing.assert_array_equal(marginals.numpy(), expected.numpy())
+
+
 def test_row_blocks_give_the_same_result():
     image, probs = _random_case(6)
     one, _ = crf_tf.dense_crf(image[None], probs[None], DISTINCT, num_blocks=1)
