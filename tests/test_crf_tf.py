@@ -171,13 +171,19 @@ def test_lattice_weights_are_barycentric_and_vertices_distinct():
     assert ids.min() == 0 and ids.max() == lattice.num_vertices.numpy() - 1
 
 
+def test_lattice_too_wide_for_int64_codes_is_rejected():
+    features = np.array([[0.0] * 5, [1e5] * 5], np.float32)  # stds far too small
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too many lattice cells"):
+        crf_tf.build_lattice(features)
+
+
 def test_filter_of_identical_points_is_their_mean():
-    # Points with equal features share every vertex, so the normalised filter
-    # of a value is the same at each of them.
-    features = np.zeros((4, 2), np.float32)
+    # Points with equal features share every vertex, so A is constant, D = 4 A
+    # and D^{-1/2} A D^{-1/2} averages.
+    features = np.full((4, 2), 0.3, np.float32)
     values = np.array([[1.0], [2.0], [3.0], [6.0]], np.float32)
     out = crf_tf.gaussian_filter(features)(values).numpy()
-    np.testing.assert_allclose(out, out[0:1].repeat(4, 0), rtol=1e-6)
+    np.testing.assert_allclose(out, np.full((4, 1), 3.0), rtol=1e-5)
 
 
 # ------------------------------------------------------------------ gradients
