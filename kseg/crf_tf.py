@@ -12,7 +12,8 @@ where K(Q) = D^{-1/2} A D^{-1/2} Q, A is the lattice approximation of the
 Gaussian filter exp(-|f_i - f_j|^2 / 2) on the kernel's features f (positions
 over their std, colours over theirs) and D = diag(A 1). Adding bi_w * K(Q)_l
 to label l's logit is the Potts term: the energy [x_i != x_j] differs from
--[x_i == x_j] by a constant per pixel.
+-[x_i == x_j] by a constant per pixel. As in pydensecrf, the filter includes
+the pixel itself.
 
 The Gaussian filtering runs on the permutohedral lattice of Adams, Baek and
 Davis ("Fast High-Dimensional Filtering Using the Permutohedral Lattice",
@@ -28,17 +29,19 @@ runs on any device TensorFlow runs on:
   and its d+1 vertices get barycentric weights; all vectorised over points;
 * vertices: each integer vertex key (with the image's index) is encoded as
   one int64 in a mixed radix wide enough that every blur neighbour also has a
-  code; one sort of the codes makes them unique and numbers the vertices in
-  code order;
+  code; ``tf.unique`` makes them unique and a sort of the distinct codes
+  numbers the vertices in code order;
 * neighbours: along lattice direction j a neighbour is a fixed code offset
   away, found with ``tf.searchsorted`` in the sorted codes;
-* splat, blur and slice are sparse matrices built once per image, with
-  entries sorted by row, and applied with ``tf.sparse.sparse_dense_matmul``:
-  splat (M, P) sums each vertex's weighted values -- a segment sum over the
-  vertex-sorted entries, which on CPU measured 3-5x faster than
-  ``tf.math.unsorted_segment_sum`` of the gathered values; each blur (M, M)
-  is value + 0.5 (previous + next neighbour); slice (P, M) interpolates with
-  the same barycentric weights.
+* splat, blur and slice are sparse matrices built once per image and applied
+  with ``tf.sparse.sparse_dense_matmul``: one (P, M) matrix of barycentric
+  weights in point order serves the slice and, as its adjoint, the splat
+  (the segment sum of each vertex's weighted values; on CPU the sparse
+  products measured 2-5x faster than gathers and
+  ``tf.math.unsorted_segment_sum``, and the adjoint faster than a
+  vertex-sorted copy once the cost of that sort is counted);
+  each blur (M, M), with entries sorted by row, is value + 0.5 (previous +
+  next neighbour).
 
 Agreement with pydensecrf is by construction, not by tuning: the same feature
 order (x, y[, r, g, b]), the same elevation, rounding (to nearest, ties to
