@@ -1,5 +1,7 @@
 """Tests for kseg/crf_tf.py: the dense CRF in TensorFlow against pydensecrf."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,7 +11,7 @@ from kseg.crf import BBOX_SEG_CRF_PARAMS, CRFParams
 from kseg.data.embedded import render_example
 
 # Observed: labels agree on every pixel and marginals within 6e-5 (float
-# summation order); the bounds leave room for other CPUs and BLAS builds.
+# summation order); the bounds leave room for other CPUs and TensorFlow builds.
 MIN_LABEL_AGREEMENT = 0.99
 MAX_MARGINAL_DIFF = 1e-3
 
@@ -83,8 +85,12 @@ def test_agrees_when_pixel_count_is_not_a_multiple_of_4():
     # points at the feature origin (module docstring); the TF lattice does
     # not, so dark pixels near the top-left corner differ slightly.
     image, probs = _random_case(0, 23, 31)
-    agreement, diff = _agreement(image, probs, WEAK_POSITION)
-    assert agreement >= MIN_LABEL_AGREEMENT and diff <= 2e-2, (agreement, diff)
+    expected, expected_labels = crf.dense_crf(image, probs, WEAK_POSITION)
+    marginals, labels = crf_tf.dense_crf(image[None], probs[None], WEAK_POSITION)
+    diff = np.abs(marginals.numpy()[0] - expected).max(-1)  # (H, W)
+    assert (labels.numpy()[0] == expected_labels).mean() >= MIN_LABEL_AGREEMENT
+    assert diff.max() <= 2e-2
+    assert (diff > MAX_MARGINAL_DIFF).mean() < 0.01  # a few pixels only
 
 
 @pytest.mark.parametrize("swap", [("pos_w", "pos_xy_std"), ("bi_w", "bi_rgb_std"),
@@ -114,26 +120,28 @@ def test_batch_is_filtered_image_by_image():
     batched, labels = crf_tf.dense_crf(images, probs, DISTINCT)
     for i, (image, p) in enumerate(cases):
         single, _ = crf_tf.dense_crf(image[None], p[None], DISTINCT)
-        np.testing.assert_allclose(batched.numpy()[i], single.numpy()[0], atol=1e-6)
+        np.testing.assert_allclose(batched.numpy()[i], single.numpy()[0], atol=1e-5)
     np.testing.assert_array_equal(labels.numpy(), batched.numpy().argmax(-1))
 
 
 def test_traced_once_for_unknown_sizes_and_deterministic():
-    fn = crf_tf.dense_crf_function(DISTINCT, num_labels=4)
+    params = dataclasses.replace(DISTINCT, num_iter=3)
+    fn = crf_tf.dense_crf_function(params, num_labels=4)
     for height, width in [(9, 14), (16, 11)]:
         image, probs = _random_case(5, height, width)
         marginals, labels = fn(image[None], probs[None])
         assert marginals.shape == (1, height, width, 4) and labels.dtype == tf.int32
         again, _ = fn(image[None], probs[None])
         np.testing.assert_array_equal(marginals.numpy(), again.numpy())
-    eager, _ = crf_tf.dense_crf(image[None], probs[None], DISTINCT)
-    np.testing.assert_allclose(marginals.numpy(), eager.numpy(), atol=1e-6)
+    eager, _ = crf_tf.dense_crf(image[None], probs[None], params)
+    # Graph rewrites may round differently from eager execution.
+    np.testing.assert_allclose(marginals.numpy(), eager.numpy(), atol=1e-5)
     assert fn.experimental_get_tracing_count() == 1
 
 
 def test_saved_model_round_trip(tmp_path):
     module = tf.Module()
-    module.crf = crf_tf.dense_crf_function(CRFParams(num_iter=2), num_labels=4)
+    module.crf = crf_tf.dense_crf_function(CRFParams(num_iter=1), num_labels=4)
     tf.saved_model.save(module, str(tmp_path))
     loaded = tf.saved_model.load(str(tmp_path))
     image, probs = _random_case(13, 10, 12)
@@ -146,7 +154,7 @@ def test_row_blocks_give_the_same_result():
     image, probs = _random_case(6)
     one, _ = crf_tf.dense_crf(image[None], probs[None], DISTINCT, num_blocks=1)
     three, _ = crf_tf.dense_crf(image[None], probs[None], DISTINCT, num_blocks=3)
-    np.testing.assert_allclose(one.numpy(), three.numpy(), atol=1e-6)
+    np.testing.assert_allclose(one.numpy(), three.numpy(), atol=1e-5)
 
 
 def test_reference_size_scales_like_for_image_size():
@@ -190,11 +198,11 @@ def test_filter_of_identical_points_is_their_mean():
 
 def test_gradient_wrt_unary_matches_finite_differences():
     rng = np.random.default_rng(9)
-    image = rng.integers(0, 256, size=(1, 4, 5, 3), dtype=np.uint8)
-    unary = tf.constant(rng.normal(size=(1, 4, 5, 3)).astype(np.float32))
+    image = rng.integers(0, 256, size=(1, 3, 4, 3), dtype=np.uint8)
+    unary = tf.constant(rng.normal(size=(1, 3, 4, 3)).astype(np.float32))
     params = CRFParams(bi_w=2.0, bi_xy_std=3.0, bi_rgb_std=40.0, pos_w=1.5, pos_xy_std=1.0,
                        num_iter=3)
-    readout = tf.constant(rng.normal(size=(1, 4, 5, 3)).astype(np.float32))
+    readout = tf.constant(rng.normal(size=(1, 3, 4, 3)).astype(np.float32))
 
     @tf.function(autograph=False)
     def loss(u):
@@ -209,7 +217,7 @@ def test_gradient_wrt_kernel_weights():
     rng = np.random.default_rng(10)
     image = rng.integers(0, 256, size=(1, 4, 5, 3), dtype=np.uint8)
     unary = tf.constant(rng.normal(size=(1, 4, 5, 3)).astype(np.float32))
-    params = CRFParams(bi_xy_std=3.0, bi_rgb_std=40.0, pos_xy_std=1.0, num_iter=3)
+    params = CRFParams(bi_xy_std=3.0, bi_rgb_std=40.0, pos_xy_std=1.0, num_iter=2)
     bi_w, pos_w = tf.Variable(2.0), tf.Variable(1.5)
 
     @tf.function(autograph=False)
