@@ -12,37 +12,17 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-CLASSIFIER = "fc8"
+from kseg.config import ModelConfig
+from kseg.constants import CLASSIFIER, FOVS, STRIDE
 
 # (block, number of 3x3 convs, channels at width 1) of VGG-16.
 _VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
-
-# Field of view: (fc6 kernel, fc6 dilation, fc6/fc7 channels at width 1).
-FOVS = {"large": (3, 12, 1024), "small": (4, 4, 4096)}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """What defines the network. `width` scales every channel count."""
-
-    num_classes: int = 21
-    fov: str = "large"
-    width: float = 1.0
-    dropout: float = 0.5
-
-    def __post_init__(self):
-        if self.fov not in FOVS:
-            raise ValueError(f"fov must be one of {sorted(FOVS)}, got {self.fov!r}")
-        if not 0 < self.width <= 1:
-            raise ValueError(f"width must be in (0, 1], got {self.width}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
 
 
 # DeepLab / Caffe VGG-16 input convention: BGR channel order minus the
@@ -106,7 +86,7 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab") ->
 
 def score_map_size(size: int) -> int:
     """Score-map side for an input side (three stride-2 'same' pools)."""
-    return -(-size // 8)
+    return -(-size // STRIDE)
 
 
 # --- ImageNet initialisation by weight surgery --------------------------------
@@ -155,7 +135,6 @@ def initialise(net: keras.Model, fov: str, init: str) -> None:
     if init == "random":
         return
     if init != "imagenet":
-        import os
         if not os.path.isfile(init):
             raise FileNotFoundError(f"--init: no VGG-16 weights file at {init!r}")
     load_vgg16_weights(net, fov, init)

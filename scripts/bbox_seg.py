@@ -29,8 +29,9 @@ import time
 from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
-from kseg import bbox_seg_data, crf
-from kseg.crf_eval import CRFSetting, crf_flag_specs
+from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
+from kseg.crf.evaluate import CRFSetting, crf_flag_specs
+from kseg.data import bbox_seg as bbox_seg_data
 
 flags.DEFINE_string("data_dir", None, "Prepared records (default: the embedded dataset, "
                     "generated on first use).")
@@ -52,7 +53,7 @@ flags.DEFINE_list("alphas", ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"],
                   "Alphas of the search.")
 flags.DEFINE_string("output", None, "Alpha-search JSON (default "
                     "runs/bbox_seg_alpha_search_<split>.json).")
-for _name, _default, _help in crf_flag_specs(CRFSetting(crf.BBOX_SEG_CRF_PARAMS)):
+for _name, _default, _help in crf_flag_specs(CRFSetting(BBOX_SEG_CRF_PARAMS)):
     (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
         _name, _default, _help)
 FLAGS = flags.FLAGS

@@ -17,7 +17,8 @@ import sys
 
 from absl import app, flags
 
-from kseg import benchmark, model
+from kseg.benchmarks import training as benchmark
+from kseg.config import InputConfig, ModelConfig
 from kseg.data import pipeline, prepare, records
 
 flags.DEFINE_list("what", ["pipeline", "estep", "crf", "serving"],
@@ -38,11 +39,11 @@ FLAGS = flags.FLAGS
 def bench_pipeline():
     data_dir = prepare.ensure_embedded_records()
     num_classes = records.read_split_info(data_dir, "train")["num_classes"]
-    config = pipeline.InputConfig(num_classes=num_classes, crop_size=FLAGS.crop_size)
+    config = InputConfig(num_classes=num_classes, crop_size=FLAGS.crop_size)
     pattern = records.split_pattern(data_dir, "train")
     streams = [pipeline.Stream(pattern, "bbox_em_fixed", FLAGS.batch_size)]
     feed = benchmark.pipeline_images_per_second(streams, config)
-    trainer = benchmark.make_trainer(model.ModelConfig(num_classes, width=FLAGS.width))
+    trainer = benchmark.make_trainer(ModelConfig(num_classes, width=FLAGS.width))
     batch = next(iter(pipeline.train_dataset(streams, config)))
     step = benchmark.train_step_seconds(trainer, {"train": batch})["train"]
     train = FLAGS.batch_size / step
@@ -53,7 +54,7 @@ def bench_pipeline():
 
 def bench_estep():
     num_classes = 21
-    trainer = benchmark.make_trainer(model.ModelConfig(num_classes, width=FLAGS.estep_width))
+    trainer = benchmark.make_trainer(ModelConfig(num_classes, width=FLAGS.estep_width))
     batch = benchmark.synthetic_batch(FLAGS.estep_batch, 321, num_classes)
     kinds = ("strong", "em_fixed", "em_adapt", "bbox_em_fixed")
     times = benchmark.train_step_seconds(
@@ -69,7 +70,7 @@ def bench_estep():
 
 
 def bench_crf():
-    from kseg import crf_bench
+    from kseg.benchmarks import crf as crf_bench
     result = crf_bench.benchmark_crf(num_images=FLAGS.crf_images)
     for run in result["runs"]:
         print(f"crf: workers={run['workers']} {run['images_per_second']:.2f} images/s")
@@ -77,9 +78,9 @@ def bench_crf():
 
 
 def bench_serving():
-    from kseg import export
+    from kseg.benchmarks import serving
     for width in FLAGS.serving_widths:
-        r = export.benchmark_inference(width=float(width))
+        r = serving.benchmark_inference(width=float(width))
         print(f"serving at {r['image_size']}, batch {r['batch_size']}, width {r['width']}: "
               f"Keras {r['keras_images_per_s']:.2f} images/s, SavedModel serve_images "
               f"{r['saved_model_images_per_s']:.2f}, SavedModel from PNG strings "

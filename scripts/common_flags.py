@@ -4,9 +4,7 @@ Only scripts import this module: the library never reads flags."""
 
 from absl import flags
 
-from kseg import model, targets, train_lib
-from kseg.data import pipeline
-from kseg import experiment
+from kseg import config, constants
 
 FLAGS = flags.FLAGS
 
@@ -24,7 +22,7 @@ def define_data_flags():
 
 def define_train_flags():
     define_data_flags()
-    flags.DEFINE_enum("supervision", "strong", list(targets.KINDS),
+    flags.DEFINE_enum("supervision", "strong", list(constants.KINDS),
                       "Supervision kind of the training images (of the weak part with "
                       "--num_strong).")
     flags.DEFINE_integer("num_strong", -1, "If >= 0: this many training images are strong "
@@ -37,14 +35,14 @@ def define_train_flags():
                       "(the model takes its labels).")
     flags.DEFINE_string("joint_data_dir", None, "Cross-Joint: prepared records of the second "
                         "dataset (e.g. COCO).")
-    flags.DEFINE_enum("joint_supervision", "strong", list(targets.KINDS),
+    flags.DEFINE_enum("joint_supervision", "strong", list(constants.KINDS),
                       "Supervision of the joint dataset (of its weak part with "
                       "--joint_num_strong).")
     flags.DEFINE_integer("joint_batch_size", 10, "Joint-dataset images per batch.")
     flags.DEFINE_integer("joint_num_strong", -1, "As --num_strong, for the joint dataset.")
     flags.DEFINE_integer("joint_strong_per_batch", 5, "As --strong_per_batch, joint dataset.")
     flags.DEFINE_integer("joint_weak_per_batch", 5, "As --weak_per_batch, joint dataset.")
-    flags.DEFINE_enum("fov", "large", list(model.FOVS), "fc6 field of view.")
+    flags.DEFINE_enum("fov", "large", list(constants.FOVS), "fc6 field of view.")
     flags.DEFINE_float("width", 1.0, "Channel width multiplier (1 = VGG-16).")
     flags.DEFINE_integer("num_classes", 21, "Labels including background.")
     flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7.")
@@ -91,7 +89,7 @@ def define_train_flags():
                       "buffer, position), so a resumed run sees the batches an uninterrupted "
                       "one would; 17 MB instead of 3.7 MB per checkpoint on the embedded configs.")
     flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.")
-    flags.DEFINE_enum("strategy", None, list(train_lib.STRATEGIES),
+    flags.DEFINE_enum("strategy", None, list(constants.STRATEGIES),
                       "Distribution: one device, MirroredStrategy over this machine's GPUs, "
                       "or MultiWorkerMirroredStrategy over the machines named in TF_CONFIG. "
                       "Default: mirrored when more than one GPU is visible, else default. "
@@ -103,36 +101,36 @@ def joint_config():
     f = FLAGS
     if not (f.joint_dataset or f.joint_data_dir):
         return None
-    return experiment.DataConfig(
+    return config.DataConfig(
         dataset=f.joint_dataset or "embedded", data_dir=f.joint_data_dir,
         supervision=f.joint_supervision, batch_size=f.joint_batch_size,
         num_strong=f.joint_num_strong, strong_per_batch=f.joint_strong_per_batch,
         weak_per_batch=f.joint_weak_per_batch, val_split="")
 
 
-def experiment_from_flags(model_dir: str) -> experiment.Experiment:
+def experiment_from_flags(model_dir: str) -> config.Experiment:
     f = FLAGS
-    return experiment.Experiment(
-        data=experiment.DataConfig(
+    return config.Experiment(
+        data=config.DataConfig(
             dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split,
             weak_split=f.weak_split, val_split=f.val_split, supervision=f.supervision,
             batch_size=f.batch_size, num_strong=f.num_strong,
             strong_per_batch=f.strong_per_batch, weak_per_batch=f.weak_per_batch,
             joint=joint_config()),
-        model=model.ModelConfig(num_classes=f.num_classes, fov=f.fov, width=f.width,
+        model=config.ModelConfig(num_classes=f.num_classes, fov=f.fov, width=f.width,
                                 dropout=f.dropout),
-        input=pipeline.InputConfig(num_classes=f.num_classes, crop_size=f.crop_size,
+        input=config.InputConfig(num_classes=f.num_classes, crop_size=f.crop_size,
                                    flip=f.flip, image_labels_from=f.image_labels_from,
                                    seed=f.seed),
-        estep=targets.EStepConfig(
+        estep=config.EStepConfig(
             fg_bias=f.fg_bias, bg_bias=f.bg_bias, fg_portion=f.fg_portion,
             bg_portion=f.bg_portion, adapt_iters=f.adapt_iters, adapt_margin=f.adapt_margin,
             bbox_outside=f.bbox_outside, box_warmup_steps=f.box_warmup_steps),
-        optim=train_lib.OptimConfig(
+        optim=config.OptimConfig(
             optimizer=f.optimizer, learning_rate=f.learning_rate, momentum=f.momentum, weight_decay=f.weight_decay,
             lr_decay_steps=f.lr_decay_steps, lr_decay=f.lr_decay,
             classifier_lr_mult=f.classifier_lr_mult),
-        loop=train_lib.LoopConfig(
+        loop=config.LoopConfig(
             model_dir=model_dir, num_steps=f.num_steps, steps_per_epoch=f.steps_per_epoch,
             log_every=f.log_every, image_every=f.image_every, checkpoint_every=f.checkpoint_every,
             keep_checkpoints=f.keep_checkpoints, checkpoint_input=f.checkpoint_input),

@@ -21,19 +21,20 @@ import os
 from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
-from kseg import crf_eval
+from kseg.crf import evaluate as crf_eval
+from kseg.crf import search as crf_search
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("split", "val", "Prepared split holding the held-out images.")
 flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
 flags.DEFINE_integer("num_images", 100, "Held-out images: the first N of --split.")
-flags.DEFINE_enum("search", "coordinate", list(crf_eval.SEARCH_METHODS),
+flags.DEFINE_enum("search", "coordinate", list(crf_search.SEARCH_METHODS),
                   "Coordinate search (one parameter at a time) or the full grid.")
 flags.DEFINE_integer("rounds", 2, "Passes of the coordinate search.")
 flags.DEFINE_integer("workers", None, "CRF processes (default: all cores).")
 flags.DEFINE_string("output", None, "Flagfile fragment for the best setting "
                     "(default DIR/crf_best.cfg).")
-for _name, _values in crf_eval.DEFAULT_GRID.items():
+for _name, _values in crf_search.DEFAULT_GRID.items():
     flags.DEFINE_list(f"{_name}_values", [f"{v:g}" for v in _values],
                       f"Values of {_name} to try (empty: keep --crf_{_name}).")
 for _name, _default, _help in crf_eval.crf_flag_specs():
@@ -45,25 +46,26 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     grid = {}
-    for name in crf_eval.DEFAULT_GRID:
+    for name in crf_search.DEFAULT_GRID:
         try:
             grid[name] = [float(v) for v in getattr(FLAGS, f"{name}_values")]
         except ValueError:
             raise app.UsageError(f"--{name}_values: expected numbers, got "
                                  f"{getattr(FLAGS, f'{name}_values')}") from None
     start = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
-    samples, config = crf_eval.load_samples(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir,
-                                            FLAGS.num_images)
-    search = crf_eval.search_crf(samples, len(config["class_names"]), start, grid,
+    from kseg import experiment  # TensorFlow: the spawned workers must not import it
+    samples, config = experiment.load_crf_samples(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir,
+                                                   FLAGS.num_images)
+    search = crf_search.search_crf(samples, len(config["class_names"]), start, grid,
                                  FLAGS.search, FLAGS.rounds, FLAGS.workers, log=print)
-    print(crf_eval.format_search_table(search))
+    print(crf_search.format_search_table(search))
 
     best, result = search["best"], search["best_result"]
     summary = (f"mIoU {100 * result['miou']:.2f}% on the first {len(samples)} images of "
                f"{FLAGS.split} (start {100 * search['start_result']['miou']:.2f}%, no CRF "
                f"{100 * search['no_crf']['miou']:.2f}%)")
     output = FLAGS.output or os.path.join(FLAGS.model_dir, "crf_best.cfg")
-    crf_eval.write_flagfile(output, best, [
+    crf_search.write_flagfile(output, best, [
         f"Dense-CRF parameters from scripts/crf_search.py ({FLAGS.search} search) for "
         f"{FLAGS.model_dir}:", summary,
         "Position stds are in pixels of a --crf_reference_size image."])

@@ -24,9 +24,10 @@ from absl import app, flags
 
 # Only light modules at the top: the CRF pool's workers are started with
 # 'spawn' and re-import this script, and should not load TensorFlow for it.
-from kseg import crf_eval
+from kseg.crf import evaluate as crf_eval
 from kseg.data import palette
-from kseg.progress import Progress
+from kseg.evaluation import metrics
+from kseg.utils.progress import Progress
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("split", "val", "Prepared split to evaluate.")
@@ -44,7 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_plain():
-    from kseg import evaluate, experiment  # TensorFlow: see the imports above
+    from kseg import experiment  # TensorFlow: see the imports above
     if FLAGS.masks_dir:
         os.makedirs(FLAGS.masks_dir, exist_ok=True)
     progress = Progress(total=None, desc=f"evaluating {FLAGS.split}")
@@ -56,13 +57,14 @@ def evaluate_plain():
 
     with progress:
         result = experiment.evaluate_run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, on_image)
-    print(evaluate.format_table(result, result["class_names"]))
+    print(metrics.format_table(result, result["class_names"]))
     print(f"wrote {os.path.join(FLAGS.model_dir, f'eval_{FLAGS.split}.json')}")
 
 
 def evaluate_crf():
     setting = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
-    plain, crf = crf_eval.evaluate_run_with_crf(
+    from kseg import experiment  # TensorFlow: see the imports above
+    plain, crf = experiment.evaluate_run_with_crf(
         FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, setting, FLAGS.workers,
         FLAGS.crf_chunk, FLAGS.masks_dir)
     print(crf_eval.format_side_by_side(plain, crf, plain["class_names"]))

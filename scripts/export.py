@@ -13,7 +13,7 @@ dense CRF is a separate step (scripts/predict.py --crf). Inspect with
 
 from absl import app, flags
 
-from kseg import export
+from kseg.inference import export
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (for TensorFlow "

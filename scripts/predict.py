@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from kseg import crf_eval, predict
+from kseg.crf import evaluate as crf_eval
+from kseg.inference import predict
 
 flags.DEFINE_string("model_dir", None, "Training run directory (its newest checkpoint).")
 flags.DEFINE_string("saved_model", None, "SavedModel directory (scripts/export.py).")

@@ -21,7 +21,8 @@ import sys
 from absl import app, flags
 
 import common_flags
-from kseg import experiment, train_lib
+from kseg import experiment
+from kseg.training import distribute, loop
 
 FLAGS = flags.FLAGS
 common_flags.define_train_flags()
@@ -37,16 +38,16 @@ def default_model_dir() -> str:
 def main(argv):
     del argv
     # Multi-worker strategies must exist before TensorFlow runs any op.
-    strategy = train_lib.make_strategy(FLAGS.strategy)
+    strategy = distribute.make_strategy(FLAGS.strategy)
     model_dir = FLAGS.model_dir or default_model_dir()
     os.makedirs(model_dir, exist_ok=True)
-    if train_lib.is_chief(strategy):
+    if distribute.is_chief(strategy):
         with open(os.path.join(model_dir, "flags.txt"), "w") as f:
             f.write(FLAGS.flags_into_string())
     exp = common_flags.experiment_from_flags(model_dir)
     try:
         experiment.run_training(exp, strategy=strategy)
-    except train_lib.TrainingInterrupted as e:
+    except loop.TrainingInterrupted as e:
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
     print(f"done: {model_dir}")

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kseg.data import coco, embedded, records, sbd, voc
+from kseg.data import coco, embedded, embedded_coco, records, sbd, voc
 from kseg.data.errors import DataError
 
 EMBEDDED = "embedded"
@@ -324,12 +324,12 @@ def ensure_embedded_records(cache_dir: str | None = None, num_shards: int = 4) -
 def ensure_embedded_coco_records(cache_dir: str | None = None, num_shards: int = 4,
                                  **generate_kwargs) -> str:
     """The records directory (splits train and val, dataset id COCO_DATASET,
-    classes embedded.EMBEDDED_COCO_CLASSES) of the embedded COCO-like
+    classes embedded_coco.EMBEDDED_COCO_CLASSES) of the embedded COCO-like
     companion, generated and converted on first use. Returns the path."""
-    root = embedded.ensure_embedded_coco(cache_dir, **generate_kwargs)
+    root = embedded_coco.ensure_embedded_coco(cache_dir, **generate_kwargs)
     out_dir = os.path.join(root, "records")
     for split in ("train", "val"):
         if not os.path.isfile(os.path.join(out_dir, f"{split}.json")):
-            prepare_coco(root, out_dir, split, categories=embedded.EMBEDDED_COCO_CATEGORIES,
+            prepare_coco(root, out_dir, split, categories=embedded_coco.EMBEDDED_COCO_CATEGORIES,
                          dataset=COCO_DATASET, num_shards=num_shards, strict=True)
     return out_dir

@@ -34,9 +34,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kseg.constants import IGNORE_LABEL
 from kseg.data.errors import DataError
-
-IGNORE_LABEL = 255
 
 
 @dataclasses.dataclass(frozen=True)

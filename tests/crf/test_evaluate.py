@@ -1,0 +1,158 @@
+"""Tests for kseg/crf/evaluate.py: CRF evaluation over a pool, and the scripts that use it."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from kseg.crf import evaluate as crf_eval
+from kseg.evaluation import metrics
+from kseg.inference import segment as segment_lib
+from kseg.crf.dense import CRFParams, dense_crf
+from kseg.crf.evaluate import CRFSetting
+from kseg.data import pipeline, records
+from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
+
+from tests import ROOT
+from tests.crf.conftest import FAST
+
+# ------------------------------------------------------------------ CRFSetting
+
+def test_setting_scales_position_stds_to_each_image():
+    setting = CRFSetting(CRFParams(), reference_size=500)
+    assert setting.for_image(128, 100) == CRFParams().for_image_size(128, 100)
+    assert setting.for_image(100, 250).bi_xy_std == pytest.approx(121 / 2)
+    assert CRFSetting(FAST, reference_size=0).for_image(64, 64) == FAST
+    with pytest.raises(ValueError, match="reference_size"):
+        CRFSetting(FAST, reference_size=-1)
+
+
+def _crf_flag_values():
+    """A fresh FlagValues with the --crf_* flags defined as the scripts define them."""
+    values = flags.FlagValues()
+    for name, default, help_text in crf_eval.crf_flag_specs():
+        define = flags.DEFINE_integer if isinstance(default, int) else flags.DEFINE_float
+        define(name, default, help_text, flag_values=values)
+    return values
+
+
+def test_flag_defaults_are_deeplab_values_scaled_to_500_px():
+    values = _crf_flag_values()
+    values(["prog"])
+    assert CRFSetting.from_dict(values.flag_values_dict()) == CRFSetting(CRFParams(), 500)
+
+
+@pytest.mark.parametrize("name, bi", [("crf_deeplab_largefov.cfg", (4.0, 121.0, 5.0)),
+                                      ("crf_released_test.cfg", (5.0, 50.0, 10.0))])
+def test_flagfile_fragments_parse(name, bi):
+    values = _crf_flag_values()
+    values(["prog", f"--flagfile={os.path.join(ROOT, 'flags', name)}"])
+    setting = CRFSetting.from_dict(values.flag_values_dict())
+    params = setting.params
+    assert (params.bi_w, params.bi_xy_std, params.bi_rgb_std) == bi
+    assert setting.reference_size == 500 and params.num_iter == 10
+
+
+def test_dense_crf_accepts_read_only_images():
+    # Images decoded through np.asarray(PIL image) are read-only buffers.
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    probs = np.full((9, 11, 2), 0.5, np.float32)
+    assert dense_crf(image, probs, FAST)[1].shape == (9, 11)
+
+
+# ------------------------------------------------------------------ evaluation
+
+def test_parallel_confusion_equals_serial(samples):
+    setting = CRFSetting(FAST)
+    seen = []
+    serial = crf_eval.evaluate_with_crf(samples, 6, setting, workers=1)
+    # Chunks of 5 split the 16 images unevenly over several pools.
+    pooled = crf_eval.evaluate_with_crf(
+        samples, 6, setting, workers=2, chunk_size=5,
+        on_image=lambda sample, prediction, crf_labels: seen.append(sample.image_id))
+    assert seen == [s.image_id for s in samples]
+    for a, b in zip(serial, pooled):
+        np.testing.assert_array_equal(a["confusion"], b["confusion"])
+        assert a["miou"] == b["miou"] and a["num_images"] == b["num_images"] == len(samples)
+    plain, crf = pooled
+    # The CRF really changed predictions, and the plain scores are those of the argmax.
+    assert plain["confusion"] != crf["confusion"]
+    expected = metrics.evaluate(((s.label, s.probs.argmax(-1)) for s in samples), 6)
+    assert plain["confusion"] == expected["confusion"]
+
+
+def test_network_samples_pair_images_labels_and_probs(tiny_records):
+    inputs = keras.Input((None, None, 3))
+    net = keras.Model(inputs, keras.layers.Lambda(lambda x: x[:, ::8, ::8, :3])(inputs))
+    dataset = pipeline.eval_dataset(records.split_pattern(tiny_records, "val")).take(3)
+    got = list(segment_lib.network_samples(net, dataset))
+    expected = list(records.iterate_split(tiny_records, "val"))[:3]
+    assert [s.image_id for s in got] == [r.image_id for r in expected]
+    for sample, record in zip(got, expected):
+        np.testing.assert_array_equal(sample.label, record.class_mask)
+        assert sample.image.shape == (record.height, record.width, 3)
+        assert sample.probs.shape == (record.height, record.width, 3)
+        np.testing.assert_allclose(sample.probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_side_by_side_table():
+    plain = {"per_class_iou": [0.9, None], "miou": 0.9, "pixel_accuracy": 0.95}
+    crf = {"per_class_iou": [0.92, 0.1], "miou": 0.51, "pixel_accuracy": 0.96}
+    text = crf_eval.format_side_by_side(plain, crf, ["background", "cat"])
+    assert "IoU+CRF" in text
+    assert " 90.00%" in text and " 92.00%" in text and "cat" in text
+
+
+# ------------------------------------------------------------------ scripts
+
+@pytest.mark.parametrize("script", ["evaluate.py", "crf_search.py", "bbox_seg.py"])
+def test_scripts_import_without_tensorflow(script):
+    """The pool's 'spawn' workers re-import the main script: it must stay light."""
+    code = ("import runpy, sys; sys.argv = ['x']; "
+            f"runpy.run_path({os.path.join(ROOT, 'scripts', script)!r}, run_name='__mp_main__'); "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_search_then_evaluate_scripts_on_a_trained_run(tiny_records, tmp_path):
+    """crf_search.py writes crf_best.cfg; evaluate.py --crf --flagfile uses it and
+    records it in eval_val_crf.json next to eval_val.json."""
+    import json
+    from kseg import experiment
+    model_dir = str(tmp_path / "run")
+    experiment.run_training(Experiment(
+        data=DataConfig(data_dir=tiny_records, batch_size=2, val_split=""),
+        model=ModelConfig(num_classes=6, width=0.0625, dropout=0.1),
+        input=InputConfig(num_classes=6, crop_size=33, seed=0),
+        estep=EStepConfig(), optim=OptimConfig(optimizer="adam"),
+        loop=LoopConfig(model_dir=model_dir, num_steps=2, steps_per_epoch=2,
+                                  checkpoint_every=2, image_every=0, checkpoint_input=False)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    script = lambda name: os.path.join(ROOT, "scripts", name)  # noqa: E731
+    subprocess.run([sys.executable, script("crf_search.py"), f"--model_dir={model_dir}",
+                    "--num_images=4", "--workers=1", "--rounds=1", "--crf_num_iter=2",
+                    "--bi_w_values=3,8",
+                    "--bi_xy_std_values=", "--bi_rgb_std_values=5,13", "--pos_w_values=",
+                    "--pos_xy_std_values="], check=True, env=env, capture_output=True)
+    best_file = os.path.join(model_dir, "crf_best.cfg")
+    best = CRFSetting.from_dict({
+        line.split("=")[0][2:]: float(line.split("=")[1])
+        for line in open(best_file).read().splitlines() if line.startswith("--")})
+    out = subprocess.run([sys.executable, script("evaluate.py"), f"--model_dir={model_dir}",
+                          "--crf", f"--flagfile={best_file}", "--workers=2"],
+                         check=True, env=env, capture_output=True, text=True)
+    assert "IoU+CRF" in out.stdout and "mIoU" in out.stdout
+    plain = json.load(open(os.path.join(model_dir, "eval_val.json")))
+    crf = json.load(open(os.path.join(model_dir, "eval_val_crf.json")))
+    assert plain["num_images"] == crf["num_images"] == 16
+    assert crf["crf"] == best.as_dict() and crf["crf_flags"] == best.to_flags()
+    assert 0 <= crf["miou"] <= 1 and "crf" not in plain
