@@ -6,15 +6,41 @@ optimiser, loop). The defaults are the paper's settings; the flagfiles in
 experiment to `model_dir/config.json`, from which evaluation, export and
 prediction rebuild the network.
 
-This module imports no TensorFlow, so the command-line layer can build its
-flags from these classes in processes that never run a network.
+Every setting a user may change is a field declared with `setting(default,
+help)`: the command line (kseg.cli.flags) defines one absl flag per such
+field, named after it, with its default and help, so a new setting is added
+here and nowhere else (docs/configuration.md shows an example). A field
+declared without `setting` has no flag of its own: `InputConfig.num_classes`
+and `InputConfig.seed` take the values of --num_classes and --seed.
+
+This module imports no TensorFlow, so the command line can build its flags
+in processes that never run a network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Sequence
 
-from kseg.constants import FOVS, IMAGE_LABEL_SOURCES, STRIDE
+from kseg.constants import (BBOX_OUTSIDE_MODES, DATASETS, FOVS, IMAGE_LABEL_SOURCES, KINDS,
+                            OPTIMIZERS, STRIDE)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "",
+            choices: Sequence[str] | None = None, joint_help: str | None = None):
+    """A config field that the command line exposes as a flag of the same name.
+
+    Args:
+      default: the default (the one place it is written); omitted for a
+        required field (the flag then defaults to None).
+      help: the flag's help text.
+      choices: the allowed values of a string setting (an enum flag).
+      joint_help: DataConfig only: also a `--joint_<name>` flag for the
+        Cross-Joint dataset, with this help and the default of JOINT_DEFAULTS.
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices else None,
+                "joint_help": joint_help}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +53,33 @@ class DataConfig:
     each batch holds `strong_per_batch` + `weak_per_batch` of them.
     """
 
-    dataset: str = "embedded"  # "embedded" or "embedded_coco" when data_dir is None
-    data_dir: str | None = None  # prepared records; None: `dataset`, made on first use
-    train_split: str = "train"
-    weak_split: str | None = None  # records of the --supervision examples (default train_split)
-    val_split: str = "val"
-    supervision: str = "strong"
-    batch_size: int = 20
-    num_strong: int = -1
-    strong_per_batch: int = 10
-    weak_per_batch: int = 10
+    dataset: str = setting(
+        "embedded", "Built-in dataset used when --data_dir is not given.", DATASETS,
+        joint_help="Cross-Joint: a second built-in dataset trained in the same batches "
+                   "(the model takes its labels).")
+    data_dir: str | None = setting(
+        None, "Prepared TFRecords (scripts/prepare_data.py); default: the embedded dataset, "
+        "generated on first use.",
+        joint_help="Cross-Joint: prepared records of the second dataset (e.g. COCO).")
+    train_split: str = setting("train", "Training split of --data_dir.")
+    weak_split: str | None = setting(
+        None, "Split of the --supervision examples (default --train_split; Bbox-Seg: the "
+        "split scripts/bbox_seg.py wrote).")
+    val_split: str = setting("val", "Validation split ('' for none).")
+    supervision: str = setting(
+        "strong", "Supervision kind of the training images (of the weak part with "
+        "--num_strong).", KINDS,
+        joint_help="Supervision of the joint dataset (of its weak part with "
+                   "--joint_num_strong).")
+    batch_size: int = setting(20, "Images per batch (without --num_strong).",
+                              joint_help="Joint-dataset images per batch.")
+    num_strong: int = setting(
+        -1, "If >= 0: this many training images are strong (pixel labels), the rest use "
+        "--supervision (semi-supervised).", joint_help="As --num_strong, for the joint dataset.")
+    strong_per_batch: int = setting(10, "Strong images per batch (semi).",
+                                    joint_help="As --strong_per_batch, joint dataset.")
+    weak_per_batch: int = setting(10, "Weak images per batch (semi).",
+                                  joint_help="As --weak_per_batch, joint dataset.")
     # Cross-Joint: a second dataset trained in the same batches. The model's
     # labels are then the joint dataset's; this dataset's labels map into
     # them by class name (VOC names through kseg.data.coco.VOC_TO_COCO) and
@@ -48,10 +91,10 @@ class DataConfig:
 class ModelConfig:
     """What defines the network. `width` scales every channel count."""
 
-    num_classes: int = 21
-    fov: str = "large"
-    width: float = 1.0
-    dropout: float = 0.5
+    num_classes: int = setting(21, "Labels including background.")
+    fov: str = setting("large", "fc6 field of view.", tuple(FOVS))
+    width: float = setting(1.0, "Channel width multiplier (1 = VGG-16).")
+    dropout: float = setting(0.5, "Dropout rate after fc6 and fc7.")
 
     def __post_init__(self):
         if self.fov not in FOVS:
@@ -66,12 +109,14 @@ class ModelConfig:
 class InputConfig:
     """Augmentation and decoding settings of the training input."""
 
-    num_classes: int
-    crop_size: int = 321
-    flip: bool = True
-    image_labels_from: str = "image"  # "image" (the paper) or "crop" (released code).
-    shuffle_buffer: int = 1000
-    seed: int | None = None
+    num_classes: int  # the model's (--num_classes)
+    crop_size: int = setting(321, "Training crop side (8k+1 is best).")
+    flip: bool = setting(True, "Random horizontal flips.")
+    image_labels_from: str = setting(
+        "image", "Image-level labels of the whole image (paper) or of the crop (released "
+        "code).", IMAGE_LABEL_SOURCES)
+    shuffle_buffer: int = setting(1000, "Examples in each stream's shuffle buffer.")
+    seed: int | None = None  # the run's (--seed); None: not deterministic
 
     def __post_init__(self):
         if self.image_labels_from not in IMAGE_LABEL_SOURCES:
@@ -85,32 +130,40 @@ class InputConfig:
 class EStepConfig:
     """E-step hyper-parameters (paper values as defaults, docs/method.md)."""
 
-    fg_bias: float = 5.0
-    bg_bias: float = 3.0
-    fg_portion: float = 0.2
-    bg_portion: float = 0.4
-    adapt_iters: int = 5
-    adapt_margin: float = 1e-5
-    bbox_outside: str = "background"  # or "soft": the released code's variant.
+    fg_bias: float = setting(5.0, "EM-Fixed foreground bias.")
+    bg_bias: float = setting(3.0, "EM-Fixed background bias.")
+    fg_portion: float = setting(0.2, "EM-Adapt: least share of each present object.")
+    bg_portion: float = setting(0.4, "EM-Adapt: least share of background.")
+    adapt_iters: int = setting(5, "EM-Adapt passes.")
+    adapt_margin: float = setting(1e-5, "EM-Adapt: absent labels are held this far below "
+                                        "the present ones.")
+    bbox_outside: str = setting(
+        "background", "Bbox-EM-Fixed outside boxes: hard background (paper) or a soft bias "
+        "(released code).", BBOX_OUTSIDE_MODES)
     # Steps at the start during which Bbox-EM-Fixed fills its boxes (as
     # Bbox-Rect does) instead of trusting the network. 0 = the paper, which
     # starts from ImageNet weights; from random init the network first learns
     # "background everywhere" and EM then never recovers the objects.
-    box_warmup_steps: int = 0
+    box_warmup_steps: int = setting(
+        0, "Bbox-EM-Fixed: fill the boxes (Bbox-Rect like) for this many first steps before "
+        "EM (0 = the paper; helps from random init).")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """Optimiser settings (paper values as defaults, docs/training.md)."""
 
-    optimizer: str = "sgd"  # or "adam": not the paper's, for short runs from random init
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay_steps: int = 2000  # multiply the rate by lr_decay every this many steps
-    lr_decay: float = 0.1
-    classifier_lr_mult: float = 10.0  # fc8 weights; its bias gets twice this
-    bias_lr_mult: float = 2.0  # every other bias
+    optimizer: str = setting("sgd", "SGD with momentum (the paper) or Adam (faster from random "
+                                    "init on the embedded data).", OPTIMIZERS)
+    learning_rate: float = setting(1e-3, "Base learning rate.")
+    momentum: float = setting(0.9, "SGD momentum.")
+    weight_decay: float = setting(5e-4, "L2 weight decay on kernels.")
+    lr_decay_steps: int = setting(2000, "Multiply the rate by --lr_decay every this many "
+                                        "steps.")
+    lr_decay: float = setting(0.1, "Step decay factor.")
+    classifier_lr_mult: float = setting(
+        10.0, "Learning-rate multiplier of fc8's kernel (its bias: times --bias_lr_mult).")
+    bias_lr_mult: float = setting(2.0, "Learning-rate multiplier of every bias (Caffe's 2).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +180,17 @@ class LoopConfig:
     data order from the seed.
     """
 
-    model_dir: str
-    num_steps: int = 6000
-    steps_per_epoch: int = 500  # val evaluation once per epoch
-    log_every: int = 20
-    image_every: int = 500  # TensorBoard image panels (0: never)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    checkpoint_input: bool = True
+    model_dir: str = setting(help="Run directory (default runs/<flagfile name>).")
+    num_steps: int = setting(6000, "Training steps.")
+    steps_per_epoch: int = setting(500, "Steps between val evaluations.")
+    log_every: int = setting(20, "Steps between log lines / summaries.")
+    image_every: int = setting(500, "Steps between TensorBoard image panels (0: none).")
+    checkpoint_every: int = setting(500, "Steps between checkpoints.")
+    keep_checkpoints: int = setting(3, "Newest checkpoints kept.")
+    checkpoint_input: bool = setting(
+        True, "Also checkpoint the input iterator (shuffle buffer, position), so a resumed "
+        "run sees the batches an uninterrupted one would; 17 MB instead of 3.7 MB per "
+        "checkpoint on the embedded configs.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +203,15 @@ class Experiment:
     estep: EStepConfig
     optim: OptimConfig
     loop: LoopConfig
-    init: str = "random"
-    init_from: str | None = None  # a run directory to start from (Cross-Pretrain)
-    reset_classifier: bool = False  # with init_from: a fresh fc8
-    seed: int = 0
+    init: str = setting("random", "'random', 'imagenet' (download through Keras) or a local "
+                                  "keras.applications.VGG16 weights file.")
+    init_from: str | None = setting(
+        None, "A training run directory whose newest checkpoint initialises the network "
+        "(Cross-Pretrain).")
+    reset_classifier: bool = setting(False, "With --init_from: a fresh classifier (fc8).")
+    seed: int = setting(0, "Random seed.")
+
+
+# The Cross-Joint dataset's settings when its flags are not given: 5 + 5 images
+# per batch next to the primary dataset's, and no validation split of its own.
+JOINT_DEFAULTS = DataConfig(batch_size=10, strong_per_batch=5, weak_per_batch=5, val_split="")

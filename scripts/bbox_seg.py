@@ -30,7 +30,8 @@ from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
 from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
-from kseg.crf.evaluate import CRFSetting, crf_flag_specs
+from kseg.cli import flags as cli_flags
+from kseg.crf.evaluate import CRFSetting
 from kseg.data import bbox_seg as bbox_seg_data
 
 flags.DEFINE_string("data_dir", None, "Prepared records (default: the embedded dataset, "
@@ -43,7 +44,7 @@ flags.DEFINE_string("masks_dir", None, "Mask PNGs (default <data_dir>/../"
 flags.DEFINE_float("alpha", 0.2, "Fraction of each box's area clamped to its class.")
 flags.DEFINE_enum("mode", "hard", list(bbox_seg_data.MODES), "'hard': the paper's clamps; "
                   "'soft': the released scripts' 0.75 / 0.5 unaries.")
-flags.DEFINE_integer("workers", None, "CRF processes (default: all cores; 1: no pool).")
+cli_flags.define_workers_flag()
 flags.DEFINE_bool("overwrite", False, "Redo every mask (needed to change the settings).")
 flags.DEFINE_integer("num_shards", None, "Shards of --out_split (default: as --split).")
 flags.DEFINE_bool("alpha_search", False, "Score the masks for each of --alphas instead.")
@@ -53,9 +54,7 @@ flags.DEFINE_list("alphas", ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"],
                   "Alphas of the search.")
 flags.DEFINE_string("output", None, "Alpha-search JSON (default "
                     "runs/bbox_seg_alpha_search_<split>.json).")
-for _name, _default, _help in crf_flag_specs(CRFSetting(BBOX_SEG_CRF_PARAMS)):
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, _help)
+cli_flags.define_crf_flags(defaults=CRFSetting(BBOX_SEG_CRF_PARAMS))
 FLAGS = flags.FLAGS
 
 
@@ -81,7 +80,7 @@ def main(argv):
     del argv
     from kseg.data import prepare  # TensorFlow: see the imports above
     data_dir = FLAGS.data_dir or prepare.ensure_embedded_records()
-    setting = CRFSetting.from_dict(FLAGS.flag_values_dict())
+    setting = cli_flags.crf_setting_from_flags()
     if FLAGS.alpha_search:
         run_alpha_search(data_dir, setting)
         return

@@ -21,7 +21,7 @@ import os
 from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
-from kseg.crf import evaluate as crf_eval
+from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -31,15 +31,13 @@ flags.DEFINE_integer("num_images", 100, "Held-out images: the first N of --split
 flags.DEFINE_enum("search", "coordinate", list(crf_search.SEARCH_METHODS),
                   "Coordinate search (one parameter at a time) or the full grid.")
 flags.DEFINE_integer("rounds", 2, "Passes of the coordinate search.")
-flags.DEFINE_integer("workers", None, "CRF processes (default: all cores).")
+cli_flags.define_workers_flag()
 flags.DEFINE_string("output", None, "Flagfile fragment for the best setting "
                     "(default DIR/crf_best.cfg).")
 for _name, _values in crf_search.DEFAULT_GRID.items():
     flags.DEFINE_list(f"{_name}_values", [f"{v:g}" for v in _values],
                       f"Values of {_name} to try (empty: keep --crf_{_name}).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, "Start of the search: " + _help)
+cli_flags.define_crf_flags(help_prefix="Start of the search: ")
 FLAGS = flags.FLAGS
 
 
@@ -52,7 +50,7 @@ def main(argv):
         except ValueError:
             raise app.UsageError(f"--{name}_values: expected numbers, got "
                                  f"{getattr(FLAGS, f'{name}_values')}") from None
-    start = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
+    start = cli_flags.crf_setting_from_flags()
     from kseg import experiment  # TensorFlow: the spawned workers must not import it
     samples, config = experiment.load_crf_samples(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir,
                                                    FLAGS.num_images)

@@ -24,6 +24,7 @@ from absl import app, flags
 
 # Only light modules at the top: the CRF pool's workers are started with
 # 'spawn' and re-import this script, and should not load TensorFlow for it.
+from kseg.cli import flags as cli_flags
 from kseg.crf import evaluate as crf_eval
 from kseg.data import palette
 from kseg.evaluation import metrics
@@ -35,12 +36,10 @@ flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
 flags.DEFINE_string("masks_dir", None, "If set, write predicted masks as VOC-palette PNGs "
                     "here (with --crf: the CRF's).")
 flags.DEFINE_bool("crf", False, "Also score the dense-CRF post-processed predictions.")
-flags.DEFINE_integer("workers", None, "CRF processes (default: all cores; 1: no pool).")
+cli_flags.define_workers_flag()
 flags.DEFINE_integer("crf_chunk", None, "Images whose probabilities are held at once "
                      f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, _help)
+cli_flags.define_crf_flags()
 FLAGS = flags.FLAGS
 
 
@@ -62,7 +61,7 @@ def evaluate_plain():
 
 
 def evaluate_crf():
-    setting = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
+    setting = cli_flags.crf_setting_from_flags()
     from kseg import experiment  # TensorFlow: see the imports above
     plain, crf = experiment.evaluate_run_with_crf(
         FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, setting, FLAGS.workers,

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from kseg.crf import evaluate as crf_eval
+from kseg.cli import flags as cli_flags
 from kseg.inference import predict
 
 flags.DEFINE_string("model_dir", None, "Training run directory (its newest checkpoint).")
@@ -25,10 +25,9 @@ flags.DEFINE_string("input", None, "Folder, .txt list, glob pattern or image fil
                     required=True)
 flags.DEFINE_string("output", None, "Output folder (created if missing).", required=True)
 flags.DEFINE_bool("crf", False, "Post-process with the dense CRF.")
-flags.DEFINE_integer("crf_workers", 0, "CRF processes (0: one per core).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, _help)
+cli_flags.define_workers_flag()
+flags.DEFINE_alias("crf_workers", "workers")  # its earlier name
+cli_flags.define_crf_flags()
 FLAGS = flags.FLAGS
 
 
@@ -42,9 +41,9 @@ def main(argv):
             predictor = predict.KerasPredictor.from_run(FLAGS.model_dir)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    setting = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict()) if FLAGS.crf else None
+    setting = cli_flags.crf_setting_from_flags() if FLAGS.crf else None
     summary = predict.predict_images(paths, predictor, FLAGS.output, setting,
-                                     FLAGS.crf_workers or None)
+                                     FLAGS.workers)
     print(f"wrote {len(summary.written)} label PNGs and overlays to {summary.output_dir}"
           + (f"; skipped {len(summary.skipped)} unreadable" if summary.skipped else ""))
     if not summary.written:

@@ -20,31 +20,29 @@ import sys
 
 from absl import app, flags
 
-import common_flags
-from kseg import experiment
+from kseg import constants, experiment
+from kseg.cli import flags as cli_flags
 from kseg.training import distribute, loop
 
 FLAGS = flags.FLAGS
-common_flags.define_train_flags()
-
-
-def default_model_dir() -> str:
-    """runs/<name of the last --flagfile>, as DESIGN.md section 8 says."""
-    names = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--flagfile=")]
-    return os.path.join("runs", os.path.splitext(os.path.basename(names[-1]))[0]
-                        if names else "default")
+cli_flags.define_experiment_flags()
+flags.DEFINE_enum("strategy", None, list(constants.STRATEGIES),
+                  "Distribution: one device, MirroredStrategy over this machine's GPUs, "
+                  "or MultiWorkerMirroredStrategy over the machines named in TF_CONFIG. "
+                  "Default: mirrored when more than one GPU is visible, else default. "
+                  "--batch_size is the global batch, split evenly over all replicas.")
 
 
 def main(argv):
     del argv
     # Multi-worker strategies must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(FLAGS.strategy)
-    model_dir = FLAGS.model_dir or default_model_dir()
+    model_dir = FLAGS.model_dir or cli_flags.default_model_dir(sys.argv)
     os.makedirs(model_dir, exist_ok=True)
     if distribute.is_chief(strategy):
         with open(os.path.join(model_dir, "flags.txt"), "w") as f:
             f.write(FLAGS.flags_into_string())
-    exp = common_flags.experiment_from_flags(model_dir)
+    exp = cli_flags.experiment_from_flags(model_dir)
     try:
         experiment.run_training(exp, strategy=strategy)
     except loop.TrainingInterrupted as e:
@@ -54,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=cli_flags.expand_flagfiles(sys.argv))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+from kseg.config import setting
+
 # Probabilities are floored here before -log so the unary stays finite.
 MIN_PROB = 1e-8
 # Probabilities must sum to 1 over labels within this tolerance.
@@ -51,12 +53,14 @@ class CRFParams:
     :meth:`scaled` or :meth:`for_image_size` on other data.
     """
 
-    bi_w: float = 4.0
-    bi_xy_std: float = 121.0
-    bi_rgb_std: float = 5.0
-    pos_w: float = 3.0
-    pos_xy_std: float = 3.0
-    num_iter: int = 10
+    bi_w: float = setting(4.0, "Weight of the CRF's bilateral (position + colour) kernel.")
+    bi_xy_std: float = setting(121.0, "Position std of the bilateral kernel, in pixels of a "
+                                      "--crf_reference_size image.")
+    bi_rgb_std: float = setting(5.0, "Colour std of the bilateral kernel, in 0..255 units.")
+    pos_w: float = setting(3.0, "Weight of the CRF's Gaussian (position) kernel.")
+    pos_xy_std: float = setting(3.0, "Position std of the Gaussian kernel, in pixels of a "
+                                     "--crf_reference_size image.")
+    num_iter: int = setting(10, "Mean-field iterations.")
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from kseg.config import setting
 from kseg.crf.dense import REFERENCE_IMAGE_SIZE, CRFParams, dense_crf
 from kseg.evaluation import metrics
 from kseg.utils.parallel import ordered_map
@@ -40,27 +41,15 @@ START_METHOD = "spawn"
 # Images held at once per worker while streaming a split through the pool.
 IMAGES_PER_WORKER = 8
 
-CRF_FLAG_HELP = {
-    "bi_w": "Weight of the CRF's bilateral (position + colour) kernel.",
-    "bi_xy_std": "Position std of the bilateral kernel, in pixels of a "
-                 "--crf_reference_size image.",
-    "bi_rgb_std": "Colour std of the bilateral kernel, in 0..255 units.",
-    "pos_w": "Weight of the CRF's Gaussian (position) kernel.",
-    "pos_xy_std": "Position std of the Gaussian kernel, in pixels of a "
-                  "--crf_reference_size image.",
-    "num_iter": "Mean-field iterations.",
-    "reference_size": "The CRF position stds are for images whose long side is this many "
-                      "pixels; each image scales them by its long side / this. 0: the stds "
-                      "are pixels of every image.",
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class CRFSetting:
     """CRF parameters and how their position stds scale to each image (module doc)."""
 
     params: CRFParams = CRFParams()
-    reference_size: int = REFERENCE_IMAGE_SIZE
+    reference_size: int = setting(
+        REFERENCE_IMAGE_SIZE, "The CRF position stds are for images whose long side is this "
+        "many pixels; each image scales them by its long side / this. 0: the stds are pixels "
+        "of every image.")
 
     def __post_init__(self):
         if not isinstance(self.params, CRFParams):
@@ -87,13 +76,6 @@ class CRFSetting:
         """From ``{prefix + name: value}``, e.g. absl ``FLAGS.flag_values_dict()``."""
         return cls(CRFParams.from_dict(values, prefix),
                    int(values.get(prefix + "reference_size", REFERENCE_IMAGE_SIZE)))
-
-
-def crf_flag_specs(defaults: CRFSetting = CRFSetting()) -> list[tuple[str, int | float, str]]:
-    """(flag name, default, help) of the ``--crf_*`` flags; scripts define
-    them (DEFINE_integer for int defaults, DEFINE_float otherwise)."""
-    return [(f"crf_{name}", value, CRF_FLAG_HELP[name])
-            for name, value in defaults.as_dict().items()]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from kseg.cli import flags as cli_flags
 from kseg.crf import evaluate as crf_eval
 from kseg.evaluation import metrics
 from kseg.inference import segment as segment_lib
@@ -34,9 +35,7 @@ def test_setting_scales_position_stds_to_each_image():
 def _crf_flag_values():
     """A fresh FlagValues with the --crf_* flags defined as the scripts define them."""
     values = flags.FlagValues()
-    for name, default, help_text in crf_eval.crf_flag_specs():
-        define = flags.DEFINE_integer if isinstance(default, int) else flags.DEFINE_float
-        define(name, default, help_text, flag_values=values)
+    cli_flags.define_crf_flags(values)
     return values
 
 

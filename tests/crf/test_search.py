@@ -6,7 +6,7 @@ import pytest
 
 from absl import flags
 
-from kseg.crf import evaluate as crf_eval
+from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
 from kseg.crf.evaluate import CRFSetting
 from tests.crf.conftest import FAST
@@ -15,9 +15,7 @@ from tests.crf.conftest import FAST
 def _crf_flag_values():
     """A fresh FlagValues with the --crf_* flags defined as the scripts define them."""
     values = flags.FlagValues()
-    for name, default, help_text in crf_eval.crf_flag_specs():
-        define = flags.DEFINE_integer if isinstance(default, int) else flags.DEFINE_float
-        define(name, default, help_text, flag_values=values)
+    cli_flags.define_crf_flags(values)
     return values
 
 
