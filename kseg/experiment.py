@@ -28,6 +28,7 @@ from kseg.em import targets
 from kseg.evaluation import metrics
 from kseg.inference import segment as segment_lib
 from kseg.training import checkpoints, loop, trainer as trainer_lib
+from kseg.utils import files
 from kseg.utils.progress import Progress
 
 
@@ -174,7 +175,7 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
     result = metrics.evaluate(segment_lib.network_predictions(
         network, dataset, on_image, label_map=config.get("label_map")), len(names))
     result.update(split=split, data_dir=data_dir, class_names=names)
-    metrics.write_json(result, os.path.join(model_dir, f"eval_{split}.json"))
+    files.write_json(os.path.join(model_dir, f"eval_{split}.json"), result)
     return result
 
 
@@ -220,8 +221,8 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
     for result in (plain, crf):
         result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
     crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags())
-    metrics.write_json(plain, os.path.join(model_dir, f"eval_{split}.json"))
-    metrics.write_json(crf, os.path.join(model_dir, f"eval_{split}_crf.json"))
+    files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
+    files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)
     return plain, crf
 
 

@@ -22,7 +22,6 @@ Gaussian 15 / 3, 10 iterations), position stds in pixels of a
 --crf_reference_size image, scaled to each image.
 """
 
-import json
 import os
 import time
 
@@ -33,6 +32,7 @@ from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
 from kseg.cli import flags as cli_flags
 from kseg.crf.evaluate import CRFSetting
 from kseg.data import bbox_seg as bbox_seg_data
+from kseg.utils import files
 
 flags.DEFINE_string("data_dir", None, "Prepared records (default: the embedded dataset, "
                     "generated on first use).")
@@ -71,8 +71,7 @@ def run_alpha_search(data_dir, setting):
     print(bbox_seg_data.format_alpha_table(result))
     output = FLAGS.output or os.path.join("runs", f"bbox_seg_alpha_search_{split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump({**result, "data_dir": data_dir}, f, indent=1)
+    files.write_json(output, {**result, "data_dir": data_dir})
     print(f"wrote {output}")
 
 

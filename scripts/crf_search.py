@@ -15,7 +15,6 @@ DIR/crf_search_<split>.json. Position stds are in pixels of a
 --crf_reference_size image (see scripts/evaluate.py).
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -23,6 +22,7 @@ from absl import app, flags
 # Light modules only: the pool's 'spawn' workers re-import this script.
 from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
+from kseg.utils import files
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 flags.DEFINE_string("split", "val", "Prepared split holding the held-out images.")
@@ -68,12 +68,11 @@ def main(argv):
         f"{FLAGS.model_dir}:", summary,
         "Position stds are in pixels of a --crf_reference_size image."])
     record = os.path.join(FLAGS.model_dir, f"crf_search_{FLAGS.split}.json")
-    with open(record, "w") as f:
-        json.dump({"split": FLAGS.split, "data_dir": config["data_dir"],
-                   "num_images": len(samples), "search": FLAGS.search,
-                   "best": best.as_dict(), "best_miou": result["miou"],
-                   "no_crf_miou": search["no_crf"]["miou"], "tried": search["tried"]},
-                  f, indent=1)
+    files.write_json(record, {"split": FLAGS.split, "data_dir": config["data_dir"],
+                              "num_images": len(samples), "search": FLAGS.search,
+                              "best": best.as_dict(), "best_miou": result["miou"],
+                              "no_crf_miou": search["no_crf"]["miou"],
+                              "tried": search["tried"]})
     print(f"best: {' '.join(best.to_flags())}\n{summary}\nwrote {output} and {record}")
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
-import os
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -34,7 +32,7 @@ import numpy as np
 from kseg.config import setting
 from kseg.crf.dense import REFERENCE_IMAGE_SIZE, CRFParams, dense_crf
 from kseg.evaluation import metrics
-from kseg.utils.parallel import ordered_map
+from kseg.utils.parallel import chunks, ordered_map, resolve_workers
 
 # Forking a parent that runs TensorFlow can hang; workers start fresh.
 START_METHOD = "spawn"
@@ -102,16 +100,6 @@ def crf_labels(job) -> np.ndarray:
     return dense_crf(image, probs, params)[1].astype(np.uint8)
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _resolve_workers(workers: int | None) -> int:
-    return workers or os.cpu_count() or 1
-
-
 def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
                     workers: int | None = None, chunk_size: int | None = None,
                     start_method: str = START_METHOD) -> Iterator[tuple[CRFSample, np.ndarray]]:
@@ -122,9 +110,9 @@ def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
     probability maps are in memory however long the split (a VOC image's
     500x375x21 float32 map is 16 MB). ``workers=1`` runs in this process.
     """
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     chunk_size = chunk_size or IMAGES_PER_WORKER * workers
-    for chunk in _chunks(samples, chunk_size):
+    for chunk in chunks(samples, chunk_size):
         jobs = [(s.image, s.probs, setting) for s in chunk]
         # closing() ends the chunk's pool as soon as its last result is in.
         with contextlib.closing(ordered_map(crf_labels, jobs, workers=workers, chunksize=1,

@@ -19,10 +19,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kseg.crf.dense import CRFParams
-from kseg.crf.evaluate import (START_METHOD, CRFSample, CRFSetting, _resolve_workers,
-                               crf_labels)
+from kseg.crf.evaluate import START_METHOD, CRFSample, CRFSetting, crf_labels
 from kseg.evaluation import metrics
-from kseg.utils.parallel import ordered_map
+from kseg.utils import files
+from kseg.utils.parallel import ordered_map, resolve_workers
 
 SEARCH_METHODS = ("coordinate", "grid")
 
@@ -46,7 +46,7 @@ def score_settings(samples: Sequence[CRFSample], settings: Sequence[CRFSetting],
     on the same samples; all (setting, image) pairs go through one pool."""
     jobs = [(s.image, s.probs, setting) for setting in settings for s in samples]
     results = []
-    with contextlib.closing(ordered_map(crf_labels, jobs, workers=_resolve_workers(workers),
+    with contextlib.closing(ordered_map(crf_labels, jobs, workers=resolve_workers(workers),
                                         chunksize=1, start_method=start_method,
                                         desc=desc)) as labels:
         for _ in settings:
@@ -158,7 +158,4 @@ def write_flagfile(path: str, setting: CRFSetting, comments: Sequence[str] = ())
     """Writes ``setting`` as an absl flagfile fragment (``#`` comment lines first)."""
     lines = [f"# {c}" for c in comments] + setting.to_flags()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    files.write_text(path, "\n".join(lines) + "\n")

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import glob
 import io
-import itertools
 import json
 import os
 import sys
@@ -47,7 +46,8 @@ from kseg.crf.evaluate import START_METHOD, CRFSetting
 from kseg.data.errors import DataError
 from kseg.data.palette import read_label_png, write_label_png
 from kseg.evaluation import metrics
-from kseg.utils.parallel import ordered_map
+from kseg.utils import files
+from kseg.utils.parallel import chunks, ordered_map, resolve_workers
 from kseg.utils.progress import Progress
 
 DEFAULT_OUT_SPLIT = "train_bboxseg"
@@ -94,12 +94,6 @@ def mask_path(masks_dir: str, image_id: str) -> str:
     return os.path.join(masks_dir, image_id + ".png")
 
 
-def _chunks(items, size):
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
 def _decode_rgb(encoded: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(encoded)) as image:
         return np.array(image.convert("RGB"), dtype=np.uint8)
@@ -120,9 +114,8 @@ def _estimate_and_write(job) -> float:
     its foreground fraction."""
     path, estimate_job = job
     mask = _estimate(estimate_job)
-    tmp = path + ".tmp"
-    write_label_png(tmp, mask)
-    os.replace(tmp, path)  # a mask file exists only once complete
+    with files.atomic_path(path) as tmp:  # a mask file exists only once complete
+        write_label_png(tmp, mask)
     return float(np.mean(mask > 0))
 
 
@@ -138,10 +131,7 @@ def _check_settings(masks_dir: str, settings: dict, overwrite: bool) -> None:
                 f"asks for {settings}; pass overwrite (--overwrite) to redo them all, or "
                 f"write to another masks directory")
     os.makedirs(masks_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(tmp, path)
+    files.write_json(path, settings)
 
 
 @dataclasses.dataclass
@@ -184,7 +174,7 @@ def write_masks(records_dir: str, split: str, masks_dir: str,
     from kseg.data import records
     info = records.read_split_info(records_dir, split)
     _check_settings(masks_dir, config.as_dict(), overwrite)
-    workers = workers or os.cpu_count() or 1
+    workers = resolve_workers(workers)
     chunk_size = chunk_size or IMAGES_PER_WORKER * workers
     summary = MaskSummary()
     foreground = []
@@ -202,7 +192,7 @@ def write_masks(records_dir: str, split: str, masks_dir: str,
                     continue
                 bar.update()
 
-        for chunk in _chunks(jobs(), chunk_size):
+        for chunk in chunks(jobs(), chunk_size):
             with contextlib.closing(ordered_map(_estimate_and_write, chunk, workers=workers,
                                                 chunksize=1,
                                                 start_method=start_method)) as results:
@@ -332,7 +322,7 @@ def alpha_search(records_dir: str, split: str = "train", num_images: int = 100,
              **metrics.evaluate(zip(labels, rect), num_classes)}]
     jobs = [(r.image_encoded, r.boxes, r.box_classes, num_classes,
              BboxSegConfig(alpha, mode, crf)) for alpha in alphas for r in held_out]
-    with contextlib.closing(ordered_map(_estimate, jobs, workers=workers or os.cpu_count(),
+    with contextlib.closing(ordered_map(_estimate, jobs, workers=resolve_workers(workers),
                                         chunksize=1, start_method=start_method,
                                         desc=f"bbox-seg alpha search ({len(alphas)} alphas)")
                             ) as masks:

@@ -36,6 +36,7 @@ from PIL import Image
 
 from kseg.constants import IGNORE_LABEL
 from kseg.data.errors import DataError
+from kseg.utils import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,36 +239,28 @@ def write_split(ids: Sequence[str], load: Callable[[str], Record], out_dir: str,
                 kept_ids += f.read().split()
             summary.shards_reused += 1
             continue
-        tmp = path + ".tmp"
         written: list[str] = []
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for image_id in shard_ids:
-                try:
-                    record = load(image_id)
-                except DataError as e:
-                    if strict:
-                        raise
-                    summary.skipped.append((image_id, str(e)))
-                    log(f"skipping {image_id}: {e}")
-                    continue
-                writer.write(to_example(record))
-                written.append(image_id)
-        _atomic_write_text(done_path, "\n".join(written) + "\n")
-        os.replace(tmp, path)
+        with files.atomic_path(path) as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for image_id in shard_ids:
+                    try:
+                        record = load(image_id)
+                    except DataError as e:
+                        if strict:
+                            raise
+                        summary.skipped.append((image_id, str(e)))
+                        log(f"skipping {image_id}: {e}")
+                        continue
+                    writer.write(to_example(record))
+                    written.append(image_id)
+            files.write_text(done_path, "\n".join(written) + "\n")
         kept_ids += written
         summary.written += len(written)
         log(f"{split}: shard {index + 1}/{num_shards} written ({len(written)} images)")
     info = {"split": split, "class_names": list(class_names), "num_classes": len(class_names),
             "num_images": len(kept_ids), "num_shards": num_shards, "ids": sorted(kept_ids)}
-    _atomic_write_text(os.path.join(out_dir, f"{split}.json"), json.dumps(info, indent=1))
+    files.write_json(os.path.join(out_dir, f"{split}.json"), info)
     return summary
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def iterate_split(out_dir: str, split: str) -> Iterable[Record]:

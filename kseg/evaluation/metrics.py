@@ -7,8 +7,6 @@ ground truth or the prediction; label 255 is ignored.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -77,9 +75,3 @@ def format_table(result: dict, class_names: Sequence[str]) -> str:
     lines.append(f"{'pixel accuracy':<16} {100 * result['pixel_accuracy']:6.2f}%")
     return "\n".join(lines)
 
-
-def write_json(result: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from kseg.config import LoopConfig
+from kseg.utils import files
 
 
 class Checkpoints:
@@ -99,11 +100,8 @@ def restore_network(network: keras.Model, model_dir: str) -> str:
 def save_run_config(model_dir: str, config: dict) -> None:
     """Writes the run's settings as `model_dir/config.json` (model, data, E-step)."""
     os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "config.json")
-    tmp = f"{path}.tmp{os.getpid()}"  # several workers may write it at once
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=1, default=str)
-    os.replace(tmp, path)
+    # Several workers may write it at once: each through its own temporary file.
+    files.write_json(os.path.join(model_dir, "config.json"), config, default=str)
 
 
 def load_run_config(model_dir: str) -> dict:

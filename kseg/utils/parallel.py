@@ -5,6 +5,7 @@ number of cores; :func:`ordered_map` is the one place that owns the pool.
 """
 
 import functools
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -52,6 +53,23 @@ def _unwrap(fn_name, outcome):
     exc, tb = payload
     error = WorkerError(index, f"{fn_name} failed on item {index}:\n{tb}")
     raise error from exc
+
+
+def resolve_workers(workers):
+    """The number of processes a `workers` setting means: None or 0, one per core."""
+    return workers or os.cpu_count() or 1
+
+
+def chunks(items, size):
+    """Lists of `size` consecutive items (the last may be shorter), read lazily:
+    a long stream goes through a pool a chunk at a time.
+
+    >>> list(chunks(range(5), 2))
+    [[0, 1], [2, 3], [4]]
+    """
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def default_chunksize(num_items, workers):

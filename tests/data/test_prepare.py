@@ -80,7 +80,7 @@ def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path, monkeypatch)
     ids = sorted(r.image_id for r in records.iterate_split(out, "train"))
     assert ids == [f"train_{i:05d}" for i in range(6)]
     assert records.read_split_info(out, "train")["num_images"] == 6
-    assert not glob.glob(os.path.join(out, "*.tmp"))
+    assert not glob.glob(os.path.join(out, "*.tmp*"))
 
 
 def test_voc_layout_duplicate_ids(tmp_path):
