@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from kseg import model as model_lib
 from kseg.config import DataConfig, Experiment, ModelConfig
@@ -161,7 +161,7 @@ def load_network(model_dir: str):
     config = checkpoints.load_run_config(model_dir)
     network = model_lib.build_deeplab(ModelConfig(**config["model"]))
     checkpoint = checkpoints.restore_network(network, model_dir)
-    print(f"loaded {checkpoint}", file=sys.stderr)
+    logging.info(f"loaded {checkpoint}")
     return network, config
 
 

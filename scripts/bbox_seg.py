@@ -28,8 +28,9 @@ import time
 from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
-from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
+from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
+from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
 from kseg.crf.evaluate import CRFSetting
 from kseg.data import bbox_seg as bbox_seg_data
 from kseg.utils import files
@@ -94,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -15,9 +15,10 @@ import io
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from kseg.benchmarks import training as benchmark
+from kseg.cli import app as cli_app
 from kseg.config import InputConfig, ModelConfig
 from kseg.data import pipeline, prepare, records
 
@@ -114,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -20,6 +20,7 @@ import os
 from absl import app, flags
 
 # Light modules only: the pool's 'spawn' workers re-import this script.
+from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
 from kseg.utils import files
@@ -55,7 +56,7 @@ def main(argv):
     samples, config = experiment.load_crf_samples(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir,
                                                    FLAGS.num_images)
     search = crf_search.search_crf(samples, len(config["class_names"]), start, grid,
-                                 FLAGS.search, FLAGS.rounds, FLAGS.workers, log=print)
+                                   FLAGS.search, FLAGS.rounds, FLAGS.workers)
     print(crf_search.format_search_table(search))
 
     best, result = search["best"], search["best_result"]
@@ -77,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -20,10 +20,11 @@ published and the 128-px embedded images scaled down.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 # Only light modules at the top: the CRF pool's workers are started with
 # 'spawn' and re-import this script, and should not load TensorFlow for it.
+from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.crf import evaluate as crf_eval
 from kseg.data import palette
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -11,8 +11,9 @@ dense CRF is a separate step (scripts/predict.py --crf). Inspect with
     saved_model_cli show --dir exports/strong/1 --all
 """
 
-from absl import app, flags
+from absl import flags
 
+from kseg.cli import app as cli_app
 from kseg.inference import export
 
 flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -13,8 +13,9 @@ image, scaled to each image).
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.inference import predict
 
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

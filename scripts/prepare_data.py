@@ -24,6 +24,7 @@ import sys
 
 from absl import app, flags
 
+from kseg.cli import app as cli_app
 from kseg.data import coco, embedded, prepare
 from kseg.data.errors import DataError
 
@@ -97,4 +98,4 @@ def _convert():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

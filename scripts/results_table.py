@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
+from kseg.cli import app as cli_app
 flags.DEFINE_list("flagfiles", None, "Flagfiles to run, in table order.", required=True)
 flags.DEFINE_string("runs_dir", "runs", "Where the run directories go.")
 flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
@@ -70,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

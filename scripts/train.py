@@ -18,9 +18,10 @@ and TF_CONFIG naming the cluster and this machine's task, e.g.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from kseg import constants, experiment
+from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.training import distribute, loop
 
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli_flags.expand_flagfiles(sys.argv))
+    cli_app.run(main)

@@ -14,9 +14,10 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+from absl import logging
 
 from kseg.crf.dense import CRFParams
 from kseg.crf.evaluate import START_METHOD, CRFSample, CRFSetting, crf_labels
@@ -64,8 +65,7 @@ def _no_crf_score(samples: Sequence[CRFSample], num_classes: int) -> dict:
 def search_crf(samples: Sequence[CRFSample], num_classes: int,
                start: CRFSetting = CRFSetting(), grid: dict | None = None,
                method: str = "coordinate", rounds: int = 2, workers: int | None = None,
-               start_method: str = START_METHOD,
-               log: Callable[[str], None] = lambda line: None) -> dict:
+               start_method: str = START_METHOD) -> dict:
     """Searches the CRF parameters that maximise split-level mIoU on ``samples``.
 
     Args:
@@ -81,7 +81,6 @@ def search_crf(samples: Sequence[CRFSample], num_classes: int,
         nothing); 'grid' — every combination of the values.
       rounds: passes of the coordinate search.
       workers, start_method: the process pool (:func:`kseg.utils.parallel.ordered_map`).
-      log: called with a line after each parameter sweep.
 
     Returns:
       dict: ``best`` (CRFSetting); ``best_result``, ``start_result`` and
@@ -129,8 +128,8 @@ def search_crf(samples: Sequence[CRFSample], num_classes: int,
                 winner = max(candidates, key=lambda s: scored[s]["miou"])
                 if scored[winner]["miou"] > scored[best]["miou"]:
                     best, changed = winner, True
-                log(f"round {round_index + 1}, {name}: best {getattr(best.params, name):g} "
-                    f"(mIoU {100 * scored[best]['miou']:.2f}%)")
+                logging.info(f"round {round_index + 1}, {name}: best "
+                             f"{getattr(best.params, name):g} (mIoU {100 * scored[best]['miou']:.2f}%)")
             if not changed:
                 break
     tried = [{**s.as_dict(), "miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]}

@@ -35,8 +35,7 @@ import glob
 import io
 import json
 import os
-import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -215,8 +214,7 @@ def _remove_split(records_dir: str, split: str) -> None:
 
 def write_bbox_seg_split(records_dir: str, split: str, masks_dir: str,
                          out_split: str = DEFAULT_OUT_SPLIT, num_shards: int | None = None,
-                         rewrite: bool = False,
-                         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)):
+                         rewrite: bool = False):
     """Writes ``out_split``: the records of ``split`` whose masks are in
     ``masks_dir``, with the label replaced by that mask (image bytes, boxes,
     image labels and dataset id copied).
@@ -264,7 +262,7 @@ def write_bbox_seg_split(records_dir: str, split: str, masks_dir: str,
         return dataclasses.replace(record, class_mask=mask)
 
     return records.write_split(ids, load, records_dir, out_split, info["class_names"],
-                               num_shards=num_shards, strict=True, log=log)
+                               num_shards=num_shards, strict=True)
 
 
 def make_bbox_seg_split(records_dir: str, split: str = "train",

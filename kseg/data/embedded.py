@@ -21,11 +21,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from kseg.constants import IGNORE_LABEL
@@ -376,8 +376,7 @@ def ensure_generated(cache_dir, name, what, generate_fn, kwargs):
         return final
     os.makedirs(cache_dir, exist_ok=True)
     num_images = kwargs["num_train"] + kwargs["num_val"]
-    print(f"generating {what} in {final} ({num_images} images)",
-          file=sys.stderr)
+    logging.info(f"generating {what} in {final} ({num_images} images)")
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-",
                                dir=cache_dir)
     try:

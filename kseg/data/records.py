@@ -27,11 +27,11 @@ import dataclasses
 import io
 import json
 import os
-import sys
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from PIL import Image
 
 from kseg.constants import IGNORE_LABEL
@@ -212,8 +212,8 @@ class WriteSummary:
 
 
 def write_split(ids: Sequence[str], load: Callable[[str], Record], out_dir: str, split: str,
-                class_names: Sequence[str], num_shards: int = 4, strict: bool = False,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> WriteSummary:
+                class_names: Sequence[str], num_shards: int = 4,
+                strict: bool = False) -> WriteSummary:
     """Converts the examples `ids` of a split into sharded TFRecords.
 
     `load(id)` returns a Record or raises DataError naming the bad file: with
@@ -249,14 +249,14 @@ def write_split(ids: Sequence[str], load: Callable[[str], Record], out_dir: str,
                         if strict:
                             raise
                         summary.skipped.append((image_id, str(e)))
-                        log(f"skipping {image_id}: {e}")
+                        logging.warning(f"skipping {image_id}: {e}")
                         continue
                     writer.write(to_example(record))
                     written.append(image_id)
             files.write_text(done_path, "\n".join(written) + "\n")
         kept_ids += written
         summary.written += len(written)
-        log(f"{split}: shard {index + 1}/{num_shards} written ({len(written)} images)")
+        logging.info(f"{split}: shard {index + 1}/{num_shards} written ({len(written)} images)")
     info = {"split": split, "class_names": list(class_names), "num_classes": len(class_names),
             "num_images": len(kept_ids), "num_shards": num_shards, "ids": sorted(kept_ids)}
     files.write_json(os.path.join(out_dir, f"{split}.json"), info)

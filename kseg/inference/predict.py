@@ -27,10 +27,10 @@ import dataclasses
 import glob
 import io
 import os
-import sys
 from typing import Callable, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image, ImageOps
 
 from kseg.crf import evaluate as crf_eval
@@ -167,7 +167,6 @@ class PredictSummary:
 
 def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.ndarray],
                    output_dir: str, crf_setting=None, crf_workers: int | None = None,
-                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
                    progress: bool = True) -> PredictSummary:
     """Writes `NAME.png` and `NAME_overlay.jpg` for every readable image.
 
@@ -178,7 +177,7 @@ def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.nd
       crf_setting: a `kseg.crf.evaluate.CRFSetting` to post-process with the
         dense CRF, or None.
       crf_workers: CRF processes (None: one per core).
-    Unreadable images are skipped with a log line naming the file.
+    Unreadable images are skipped with a warning (absl.logging) naming the file.
     """
     os.makedirs(output_dir, exist_ok=True)
     summary = PredictSummary([], [], output_dir)
@@ -190,7 +189,7 @@ def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.nd
             try:
                 image = read_image(path)
             except ImageReadError as e:
-                log(f"skipping {e}")
+                logging.warning(f"skipping {e}")
                 summary.skipped.append((path, str(e)))
                 bar.update()
                 continue

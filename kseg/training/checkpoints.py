@@ -25,10 +25,10 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Callable
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from kseg.config import LoopConfig
 from kseg.utils import files
@@ -56,7 +56,7 @@ class Checkpoints:
         self.last_saved_step = None
         self.latest = tf.train.latest_checkpoint(self.directory)
 
-    def restore(self, log: Callable[[str], None]) -> str | None:
+    def restore(self) -> str | None:
         """Restores the newest checkpoint (if any); returns its path.
 
         The network and optimizer must match; the input position is restored
@@ -71,8 +71,9 @@ class Checkpoints:
                 status = tf.train.Checkpoint(input=self._iterator).restore(latest)
                 status.expect_partial().assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
-                log(f"input position not restored from {latest} ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200]}); the data order restarts from the seed")
+                logging.warning(f"input position not restored from {latest} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); the data order restarts "
+                                "from the seed")
         return latest
 
     def save(self, step: int) -> str:

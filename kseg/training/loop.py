@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Callable
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from kseg.config import LoopConfig
 from kseg.training.checkpoints import Checkpoints
@@ -99,8 +99,7 @@ def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
 
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
           evaluate_fn: Callable[[keras.Model], dict] | None = None,
-          strategy: tf.distribute.Strategy | None = None,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+          strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs (or resumes) training; returns the final training metrics.
 
     `dataset` yields *global* batches; each replica trains on its slice
@@ -109,6 +108,7 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
     saved step. A non-finite loss raises FloatingPointError and keeps the
     last good checkpoint. SIGTERM/SIGINT: checkpoint, then raise
     `TrainingInterrupted`. Only the chief writes summaries and evaluates.
+    Progress goes to absl.logging: a line every `loop.log_every` steps.
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
@@ -118,13 +118,13 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
         trainer.optimizer.build(trainer.network.trainable_variables)
     iterator = iter(dataset)
     checkpoints = Checkpoints(trainer, loop, iterator if loop.checkpoint_input else None, chief)
-    restored = checkpoints.restore(log)
+    restored = checkpoints.restore()
     step = int(trainer.optimizer.iterations.numpy())
     if restored:
-        log(f"resumed from {restored} at step {step}, "
-            f"learning rate {float(trainer.optimizer.learning_rate):.6g}")
+        logging.info(f"resumed from {restored} at step {step}, "
+                     f"learning rate {float(trainer.optimizer.learning_rate):.6g}")
     if step >= loop.num_steps:
-        log(f"step {step} >= num_steps {loop.num_steps}: nothing to train")
+        logging.info(f"step {step} >= num_steps {loop.num_steps}: nothing to train")
 
     def replica_step(batch, stop):
         logs = trainer.train_step(batch)
@@ -160,19 +160,20 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 if step % loop.log_every == 0 or step == loop.num_steps:
                     lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
                     rate = (step - start_step) / max(time.time() - start, 1e-9)
-                    log(f"step {step}/{loop.num_steps} " + " ".join(
+                    logging.info(f"step {step}/{loop.num_steps} " + " ".join(
                         f"{k}={v:.4f}" for k, v in logs.items() if k in _shown(logs))
                         + f" lr={lr:.2e} ({rate:.2f} steps/s)")
                     warning = estep_warning(logs)
                     if warning:
-                        log(f"warning at step {step}: {warning}")
+                        logging.warning(f"warning at step {step}: {warning}")
                     write_scalars(writer, step, {**logs, "learning_rate": lr})
                     for m in trainer.metrics:
                         m.reset_state()
                 if bool(stop):
                     path = checkpoints.save(step)
                     signum = signals.signum or signal.SIGTERM  # another worker's signal
-                    log(f"{signal.Signals(signum).name}: saved {path} at step {step}; stopping")
+                    logging.warning(f"{signal.Signals(signum).name}: saved {path} at step {step}; "
+                                    "stopping")
                     raise TrainingInterrupted(signum, step, path)
                 if chief and loop.image_every and (
                         step % loop.image_every == 0 or step == loop.num_steps):
@@ -183,8 +184,8 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 if chief and evaluate_fn is not None and (
                         step % loop.steps_per_epoch == 0 or step == loop.num_steps):
                     result = evaluate_fn(trainer.network)
-                    log(f"step {step}: val mIoU={100 * result['miou']:.2f}% "
-                        f"pixel accuracy={100 * result['pixel_accuracy']:.2f}%")
+                    logging.info(f"step {step}: val mIoU={100 * result['miou']:.2f}% "
+                                 f"pixel accuracy={100 * result['pixel_accuracy']:.2f}%")
                     write_scalars(writer, step, {"val/miou": result["miou"],
                                                  "val/pixel_accuracy": result["pixel_accuracy"]})
     finally:

@@ -10,13 +10,13 @@ import pytest
 from absl import flags
 
 from kseg.cli import flags as cli_flags
+from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
 from kseg.crf import evaluate as crf_eval
-from kseg.evaluation import metrics
-from kseg.inference import segment as segment_lib
 from kseg.crf.dense import CRFParams, dense_crf
 from kseg.crf.evaluate import CRFSetting
 from kseg.data import pipeline, records
-from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
+from kseg.evaluation import metrics
+from kseg.inference import segment as segment_lib
 
 from tests import ROOT
 from tests.crf.conftest import FAST

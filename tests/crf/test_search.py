@@ -19,12 +19,12 @@ def _crf_flag_values():
     return values
 
 
-def test_coordinate_search_improves_and_writes_a_parsable_fragment(samples, tmp_path):
+def test_coordinate_search_improves_and_writes_a_parsable_fragment(samples, tmp_path, absl_logs):
     start = CRFSetting(dataclasses.replace(FAST, bi_w=1.0), reference_size=500)
     grid = {"bi_w": [1.0, 6.0, 20.0], "bi_rgb_std": [5.0, 20.0], "pos_w": []}
-    lines = []
     search = crf_search.search_crf(samples[:6], 6, start, grid, "coordinate", rounds=2,
-                                 workers=2, log=lines.append)
+                                   workers=2)
+    lines = [r.getMessage() for r in absl_logs.records if r.name == "absl"]
     best = search["best"]
     assert search["best_result"]["miou"] >= search["start_result"]["miou"]
     assert best.params.num_iter == 3 and best.reference_size == 500  # not searched

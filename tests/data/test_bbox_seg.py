@@ -7,13 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from kseg import experiment, targets
-from kseg.data.bbox_seg import BboxSegConfig
+from kseg import experiment
+from kseg.config import DataConfig, InputConfig
 from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS
 from kseg.crf.evaluate import CRFSetting
 from kseg.data import palette, pipeline, records
-from kseg.config import DataConfig, InputConfig
 from kseg.data import bbox_seg as bbox_seg_lib
+from kseg.data.bbox_seg import BboxSegConfig
+from kseg.em import targets
 
 # Few mean-field iterations keep the tests fast; the constraints hold for any.
 CONFIG = BboxSegConfig(crf=CRFSetting(dataclasses.replace(BBOX_SEG_CRF_PARAMS, num_iter=3)))

@@ -163,7 +163,7 @@ def test_load_example_masks_boxes_labels(tmp_path):
 def test_prepare_coco_records(tmp_path):
     root = _write_root(tmp_path)
     out = str(tmp_path / "records")
-    summary = prepare.prepare_coco(root, out, SPLIT, log=lambda s: None)
+    summary = prepare.prepare_coco(root, out, SPLIT)
     assert summary.written == 2 and not summary.skipped
     assert summary.boxes_clipped == 1 and summary.boxes_dropped == 1
     info = records.read_split_info(out, "val")
@@ -242,7 +242,7 @@ def test_bad_input_is_skipped_named_and_counted(tmp_path, case):
     with open(coco.instances_path(root, SPLIT), "w") as f:
         json.dump(data, f)
     out = str(tmp_path / "records")
-    summary = prepare.prepare_coco(root, out, SPLIT, log=lambda s: None)
+    summary = prepare.prepare_coco(root, out, SPLIT)
     assert [image_id for image_id, _ in summary.skipped] == [bad_id]
     assert named in summary.skipped[0][1]
     assert f"skipped {bad_id}" in str(summary)
@@ -252,7 +252,7 @@ def test_bad_input_is_skipped_named_and_counted(tmp_path, case):
 
     strict_out = str(tmp_path / "strict")
     with pytest.raises(DataError, match=named.replace(".", r"\.")):
-        prepare.prepare_coco(root, strict_out, SPLIT, strict=True, log=lambda s: None,
+        prepare.prepare_coco(root, strict_out, SPLIT, strict=True,
                              num_shards=1)
     # Nothing half-written: no shard and no split file.
     leftovers = os.listdir(strict_out) if os.path.isdir(strict_out) else []
@@ -266,7 +266,7 @@ def test_image_entry_without_size_and_orphan_annotations(tmp_path):
     root = _write_root(tmp_path, copy.deepcopy(_instances()))
     with open(coco.instances_path(root, SPLIT), "w") as f:
         json.dump(data, f)
-    summary = prepare.prepare_coco(root, str(tmp_path / "out"), SPLIT, log=lambda s: None)
+    summary = prepare.prepare_coco(root, str(tmp_path / "out"), SPLIT)
     assert summary.written == 2
     assert summary.skipped[0][0] == "x" and "height" in summary.skipped[0][1]
     assert summary.repairs[prepare.ORPHAN_ANNOTATIONS] == 1
@@ -278,7 +278,7 @@ def test_unreadable_json_and_wrong_category_names(tmp_path):
     with open(path, "w") as f:
         f.write('{"images": [')
     with pytest.raises(DataError, match="instances_val2014.json"):
-        prepare.prepare_coco(root, str(tmp_path / "out"), SPLIT, log=lambda s: None)
+        prepare.prepare_coco(root, str(tmp_path / "out"), SPLIT)
     data = _instances()
     data["categories"][0]["name"] = "people"
     with open(path, "w") as f:

@@ -142,10 +142,11 @@ def test_generate_rejects_wrong_class_count(tmp_path):
                           class_names=("background", "a"))
 
 
-def test_ensure_embedded_idempotent(tmp_path, capsys):
+def test_ensure_embedded_idempotent(tmp_path, absl_logs):
     kwargs = dict(num_train=3, num_val=2, image_size=48)
     first = embedded.ensure_embedded(str(tmp_path), **kwargs)
-    assert "generating embedded dataset" in capsys.readouterr().err
+    assert "generating embedded dataset" in absl_logs.text
+    absl_logs.clear()
     assert os.path.dirname(first) == str(tmp_path)
     assert os.path.basename(first).startswith("embedded-")
     assert read_split_ids(first, "val") == ["val_00000", "val_00001"]
@@ -153,7 +154,7 @@ def test_ensure_embedded_idempotent(tmp_path, capsys):
 
     second = embedded.ensure_embedded(str(tmp_path), **kwargs)
     assert second == first
-    assert capsys.readouterr().err == ""
+    assert not [r for r in absl_logs.records if r.name == "absl"]
     assert os.stat(class_mask_path(first, "train_00000")).st_mtime_ns == stamp
     # No staging directory is left behind.
     assert os.listdir(tmp_path) == [os.path.basename(first)]

@@ -98,14 +98,15 @@ def test_coco_like_deterministic(coco_root, tmp_path):
             os.path.join(coco_root, "train", entry["file_name"]))
 
 
-def test_ensure_embedded_coco_idempotent(tmp_path, capsys):
+def test_ensure_embedded_coco_idempotent(tmp_path, absl_logs):
     kwargs = dict(num_train=2, num_val=1, image_size=32)
     first = embedded_coco.ensure_embedded_coco(str(tmp_path), **kwargs)
-    assert "generating embedded COCO-like dataset" in capsys.readouterr().err
+    assert "generating embedded COCO-like dataset" in absl_logs.text
+    absl_logs.clear()
     assert os.path.basename(first).startswith("embedded-coco-")
     assert os.path.isfile(coco.instances_path(first, "val"))
     assert embedded_coco.ensure_embedded_coco(str(tmp_path), **kwargs) == first
-    assert capsys.readouterr().err == ""
+    assert not [r for r in absl_logs.records if r.name == "absl"]
     assert os.listdir(tmp_path) == [os.path.basename(first)]
     assert embedded_coco.ensure_embedded_coco(str(tmp_path), **{**kwargs, "seed": 1}) != first
     with pytest.raises(TypeError, match="class_names"):

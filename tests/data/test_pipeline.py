@@ -3,9 +3,9 @@ import pytest
 import tensorflow as tf
 
 from kseg import experiment
-from kseg.data import pipeline, records
-from kseg.config import DataConfig, InputConfig
 from kseg import constants
+from kseg.config import DataConfig, InputConfig
+from kseg.data import pipeline, records
 
 
 def _batch(tiny_records, kinds=("strong",), per_batch=4, crop=49, seed=0, **kw):

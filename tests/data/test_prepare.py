@@ -14,14 +14,10 @@ import tensorflow as tf
 from PIL import Image
 
 from kseg.data import embedded, prepare, records
-from kseg.data.errors import DataError
 from kseg.data import embedded_coco
+from kseg.data.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _quiet(message):
-    del message
 
 
 def test_clip_boxes():
@@ -67,7 +63,7 @@ def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(prepare, "voc_record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_voc_layout(root, out, ["train"], embedded.EMBEDDED_CLASSES,
-                                   num_shards=3, log=_quiet)
+                                   num_shards=3)
     shards = sorted(os.path.basename(p) for p in glob.glob(records.split_pattern(out, "train")))
     assert shards == ["train-00000-of-00003.tfrecord"]
     assert not os.path.exists(os.path.join(out, "train.json"))
@@ -75,7 +71,7 @@ def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(prepare, "voc_record", real_record)
 
     summary = prepare.prepare_voc_layout(root, out, ["train"], embedded.EMBEDDED_CLASSES,
-                                         num_shards=3, log=_quiet)["train"]
+                                         num_shards=3)["train"]
     assert summary.shards_reused == 1 and summary.written == 4
     ids = sorted(r.image_id for r in records.iterate_split(out, "train"))
     assert ids == [f"train_{i:05d}" for i in range(6)]
@@ -89,12 +85,12 @@ def test_voc_layout_duplicate_ids(tmp_path):
     with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt"), "a") as f:
         f.write("train_00001\n")
     summary = prepare.prepare_voc_layout(root, str(tmp_path / "out"), ["train"],
-                                         embedded.EMBEDDED_CLASSES, log=_quiet)["train"]
+                                         embedded.EMBEDDED_CLASSES)["train"]
     assert summary.written == 3
     assert summary.skipped[0][0] == "train_00001" and "train.txt" in summary.skipped[0][1]
     with pytest.raises(DataError, match="train.txt"):
         prepare.prepare_voc_layout(root, str(tmp_path / "strict"), ["train"],
-                                   embedded.EMBEDDED_CLASSES, strict=True, log=_quiet)
+                                   embedded.EMBEDDED_CLASSES, strict=True)
 
 
 def test_image_tensorflow_cannot_read_as_is_is_reencoded(tmp_path):
@@ -106,7 +102,7 @@ def test_image_tensorflow_cannot_read_as_is_is_reencoded(tmp_path):
     with Image.open(path) as image:
         expected = np.array(image.convert("RGB"))
     summary = prepare.prepare_voc_layout(root, str(tmp_path / "out"), ["train"],
-                                         embedded.EMBEDDED_CLASSES, log=_quiet)["train"]
+                                         embedded.EMBEDDED_CLASSES)["train"]
     assert summary.written == 2 and summary.repairs[prepare.IMAGE_REENCODED] == 1
     back = {r.image_id: r for r in records.iterate_split(str(tmp_path / "out"), "train")}
     decoded = tf.io.decode_image(back["train_00001"].image_encoded, channels=3).numpy()
@@ -121,7 +117,7 @@ def test_num_shards():
     assert prepare._num_shards(7, 3, 1000) == 7
 
 
-def test_ensure_embedded_coco_records(tmp_path, capsys):
+def test_ensure_embedded_coco_records(tmp_path, absl_logs):
     kwargs = dict(num_train=6, num_val=3, image_size=48)
     out = prepare.ensure_embedded_coco_records(str(tmp_path), num_shards=2, **kwargs)
     for split, count in (("train", 6), ("val", 3)):
@@ -137,9 +133,9 @@ def test_ensure_embedded_coco_records(tmp_path, capsys):
         assert len(r.boxes) == len(r.box_classes) >= 1
         assert (r.boxes[:, 2:] > r.boxes[:, :2]).all()
         assert r.boxes[:, 2].max() <= r.height and r.boxes[:, 3].max() <= r.width
-    capsys.readouterr()
+    absl_logs.clear()
     assert prepare.ensure_embedded_coco_records(str(tmp_path), num_shards=2, **kwargs) == out
-    assert "generating" not in capsys.readouterr().err
+    assert "generating" not in absl_logs.text
 
 
 @pytest.mark.slow

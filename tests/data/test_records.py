@@ -51,7 +51,7 @@ def test_write_split_round_trip_and_resume(tmp_path):
     recs = {f"img{i}": _record(i) for i in range(7)}
     out = str(tmp_path / "rec")
     summary = records.write_split(sorted(recs), recs.__getitem__, out, "train",
-                                  ["bg", "a", "b"], num_shards=3, log=lambda s: None)
+                                  ["bg", "a", "b"], num_shards=3)
     assert summary.written == 7 and not summary.skipped
     back = {r.image_id: r for r in records.iterate_split(out, "train")}
     assert sorted(back) == sorted(recs)
@@ -65,7 +65,7 @@ def test_write_split_round_trip_and_resume(tmp_path):
     os.remove(lost)
     calls = []
     summary = records.write_split(sorted(recs), lambda i: calls.append(i) or recs[i], out,
-                                  "train", ["bg", "a", "b"], num_shards=3, log=lambda s: None)
+                                  "train", ["bg", "a", "b"], num_shards=3)
     assert summary.shards_reused == 2 and sorted(calls) == sorted(recs)[1::3]
     assert not [p for p in os.listdir(out) if ".tmp" in p]
 
@@ -76,12 +76,12 @@ def test_write_split_skips_or_raises_on_bad_examples(tmp_path):
             raise DataError("/data/JPEGImages/bad.jpg: cannot decode")
         return _record(0)
     summary = records.write_split(["ok", "bad"], load, str(tmp_path / "a"), "train", ["bg"],
-                                  num_shards=1, log=lambda s: None)
+                                  num_shards=1)
     assert summary.written == 1 and summary.skipped[0][0] == "bad"
     assert "bad.jpg" in str(summary)
     with pytest.raises(DataError, match="bad.jpg"):
         records.write_split(["ok", "bad"], load, str(tmp_path / "b"), "train", ["bg"],
-                            strict=True, log=lambda s: None)
+                            strict=True)
     with pytest.raises(DataError, match="empty"):
         records.write_split([], load, str(tmp_path / "c"), "train", ["bg"])
     with pytest.raises(DataError, match="duplicate"):

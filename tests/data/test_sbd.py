@@ -87,14 +87,10 @@ def _write_tree(tmp_path, with_sbd_lists=True):
     return str(voc_root), str(sbd_root)
 
 
-def _quiet(message):
-    del message
-
-
 def test_prepare_voc_with_sbd_writes_train_val_train_aug(tmp_path):
     voc_root, sbd_root = _write_tree(tmp_path)
     out = str(tmp_path / "records")
-    summaries = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root, log=_quiet)
+    summaries = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root)
     assert sorted(summaries) == ["train", "train_aug", "val"]
     assert [summaries[s].written for s in ("train", "val", "train_aug")] == [2, 2, 4]
     assert not any(s.skipped for s in summaries.values())
@@ -144,14 +140,14 @@ def test_train_aug_list_rules(tmp_path):
     assert given.ids == ["2008_000002"]
     assert given.held_out == ["2007_000068"] and given.duplicates == ["2008_000002"]
     summary = prepare.prepare_voc(voc_root, str(tmp_path / "out"), sbd_root=sbd_root,
-                                  splits=["train_aug"], log=_quiet)["train_aug"]
+                                  splits=["train_aug"])["train_aug"]
     assert summary.written == 1
     reasons = dict(summary.skipped)
     assert "VOC val" in reasons["2007_000068"] and "train_aug.txt" in reasons["2007_000068"]
     assert "more than once" in reasons["2008_000002"]
     with pytest.raises(DataError, match="train_aug.txt"):
         prepare.prepare_voc(voc_root, str(tmp_path / "strict"), sbd_root=sbd_root,
-                            splits=["train_aug"], strict=True, log=_quiet)
+                            splits=["train_aug"], strict=True)
 
 
 def test_parse_id_line():
@@ -173,7 +169,7 @@ def test_aug_dir_under_voc_root_and_fallbacks(tmp_path):
     os.replace(os.path.join(voc_root, "JPEGImages", "2008_000003.jpg"),
                os.path.join(sbd_root, "img", "2008_000003.jpg"))
     out = str(tmp_path / "out")
-    summaries = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root, log=_quiet)
+    summaries = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root)
     assert summaries["train_aug"].written == 4 and not summaries["train_aug"].skipped
     aug = {r.image_id: r for r in records.iterate_split(out, "train_aug")}
     np.testing.assert_array_equal(aug["2007_000039"].class_mask, _voc_masks()[0])
@@ -184,12 +180,12 @@ def test_without_augmented_set(tmp_path):
     voc_root, sbd_root = _write_tree(tmp_path)
     out = str(tmp_path / "out")
     devkit = os.path.dirname(voc_root)  # VOCdevkit/ is accepted for VOCdevkit/VOC2012/
-    assert sorted(prepare.prepare_voc(devkit, out, log=_quiet)) == ["train", "val"]
+    assert sorted(prepare.prepare_voc(devkit, out)) == ["train", "val"]
     with pytest.raises(DataError, match="SegmentationClassAug"):
-        prepare.prepare_voc(voc_root, out, splits=["train_aug"], log=_quiet)
+        prepare.prepare_voc(voc_root, out, splits=["train_aug"])
     # An --sbd_root without the augmented set is a mistake, not a no-op.
     with pytest.raises(DataError, match=r"nowhere.*SegmentationClassAug"):
-        prepare.prepare_voc(voc_root, out, sbd_root=str(tmp_path / "nowhere"), log=_quiet)
+        prepare.prepare_voc(voc_root, out, sbd_root=str(tmp_path / "nowhere"))
 
 
 def _truncate(path):
@@ -239,8 +235,7 @@ def test_bad_input_is_skipped_named_and_counted(tmp_path, case):
     voc_root, sbd_root = _write_tree(tmp_path)
     split, bad_id, named = _break(case, voc_root, sbd_root)
     out = str(tmp_path / "out")
-    summary = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root, splits=[split],
-                                  log=_quiet)[split]
+    summary = prepare.prepare_voc(voc_root, out, sbd_root=sbd_root, splits=[split])[split]
     assert [image_id for image_id, _ in summary.skipped] == [bad_id]
     assert named in summary.skipped[0][1]
     assert f"skipped {bad_id}: " in str(summary)
@@ -250,7 +245,7 @@ def test_bad_input_is_skipped_named_and_counted(tmp_path, case):
     strict_out = str(tmp_path / "strict")
     with pytest.raises(DataError) as error:
         prepare.prepare_voc(voc_root, strict_out, sbd_root=sbd_root, splits=[split],
-                            strict=True, num_shards=1, log=_quiet)
+                            strict=True, num_shards=1)
     assert named in str(error.value)
     leftovers = os.listdir(strict_out) if os.path.isdir(strict_out) else []
     assert not [name for name in leftovers if name.endswith((".tfrecord", ".json"))]

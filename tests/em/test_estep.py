@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.em import estep
 from kseg.constants import IGNORE_LABEL
+from kseg.em import estep
 
 SEEDS = [0, 1, 2, 3]
 

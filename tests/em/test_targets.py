@@ -1,10 +1,11 @@
 import numpy as np
 import tensorflow as tf
 
-from kseg import estep, model, targets
-from kseg.data import pipeline, records
-from kseg.config import EStepConfig, InputConfig, ModelConfig, OptimConfig
+from kseg import model
 from kseg import constants
+from kseg.config import EStepConfig, InputConfig, ModelConfig, OptimConfig
+from kseg.data import pipeline, records
+from kseg.em import estep, targets
 from kseg.training import loop
 from kseg.training import trainer as trainer_lib
 

@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kseg import export, model, predict
-from kseg.data import palette
+from kseg import model
 from kseg.config import ModelConfig
+from kseg.data import palette
+from kseg.inference import export, predict
 from kseg.inference import segment as segment_lib
 from kseg.training import checkpoints
 
@@ -48,12 +49,13 @@ def images(tmp_path):
     return folder
 
 
-def test_predict_writes_palette_labels_and_overlays(run_dir, images, tmp_path):
+def test_predict_writes_palette_labels_and_overlays(run_dir, images, tmp_path, absl_logs):
     predictor = predict.KerasPredictor.from_run(run_dir)
     assert predictor.class_names == CLASS_NAMES
-    messages = []
     summary = predict.predict_images(predict.list_images(str(images)), predictor,
-                                     str(tmp_path / "out"), log=messages.append, progress=False)
+                                     str(tmp_path / "out"), progress=False)
+    messages = [r.getMessage() for r in absl_logs.records
+                if r.name == "absl" and r.levelname == "WARNING"]
     assert summary.written == ["a", "b"]
     assert [p for p, _ in summary.skipped] == [str(images / "broken.jpg")]
     assert len(messages) == 1 and "broken.jpg" in messages[0]

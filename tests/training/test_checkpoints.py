@@ -152,8 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     loop_config = LoopConfig(model_dir=model_dir, num_steps=20, checkpoint_every=1,
                              log_every=1, image_every=0)
     with pytest.raises(FloatingPointError) as error:
-        loop.train(trainer, tf.data.Dataset.from_tensors(batch).repeat(), loop_config,
-                   log=lambda s: None)
+        loop.train(trainer, tf.data.Dataset.from_tensors(batch).repeat(), loop_config)
     found = re.match(r"loss is (nan|inf) at step (\d+); stopping. The last good checkpoint "
                      r"is kept: (\S+)\.", str(error.value))
     assert found, str(error.value)
