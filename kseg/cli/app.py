@@ -21,6 +21,13 @@ def plain_log_lines() -> None:
 
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Parses the flags (flagfiles expanded, see kseg.cli.flags.expand_flagfiles)
-    and runs `main`, as absl's app.run does."""
+    and runs `main`, as absl's app.run does.
+
+    absl's --help shows the docstring of the __main__ module: a thin wrapper
+    in scripts/ or a console entry point, so it is given the docstring of the
+    command's module, which holds the usage."""
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__doc__ = sys.modules[main.__module__].__doc__
     app.call_after_init(plain_log_lines)
     app.run(main, argv=expand_flagfiles(sys.argv if argv is None else argv))

@@ -21,20 +21,27 @@ from kseg.benchmarks import training as benchmark
 from kseg.cli import app as cli_app
 from kseg.config import InputConfig, ModelConfig
 from kseg.data import pipeline, prepare, records
+from kseg.utils import files
 
-flags.DEFINE_list("what", ["pipeline", "estep", "crf", "serving"],
-                  "Which measurements to run.")
-flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
-flags.DEFINE_integer("batch_size", 10, "Batch of the pipeline/training comparison.")
-flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison.")
-flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
-flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
-flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
-flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
-flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
-flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
-                    "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_list("what", ["pipeline", "estep", "crf", "serving"],
+                      "Which measurements to run.")
+    flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
+    flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
+    flags.DEFINE_integer("serving_rounds", 5, "Rounds of the serving comparison (median).")
+    flags.DEFINE_integer("batch_size", 10, "Batch of the pipeline/training comparison.")
+    flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison.")
+    flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
+    flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
+    flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
+    flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
+    flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+    flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
+                        "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 
 
 def bench_pipeline():
@@ -81,7 +88,8 @@ def bench_crf():
 def bench_serving():
     from kseg.benchmarks import serving
     for width in FLAGS.serving_widths:
-        r = serving.benchmark_inference(width=float(width))
+        r = serving.benchmark_inference(width=float(width), batch_size=FLAGS.serving_batch_size,
+                                        rounds=FLAGS.serving_rounds)
         print(f"serving at {r['image_size']}, batch {r['batch_size']}, width {r['width']}: "
               f"Keras {r['keras_images_per_s']:.2f} images/s, SavedModel serve_images "
               f"{r['saved_model_images_per_s']:.2f}, SavedModel from PNG strings "
@@ -98,8 +106,7 @@ def write_section(path, what, text):
         new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(new)
+    files.write_text(path, new)
 
 
 def main(argv):
@@ -114,5 +121,11 @@ def main(argv):
             write_section(FLAGS.out, what, buffer.getvalue())
 
 
-if __name__ == "__main__":
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -18,6 +18,8 @@ missing files, repeated ids) is skipped and reported with the file's name in
 a summary per split; --strict stops at the first instead. Boxes outside the
 image are clipped and empty ones dropped (counted). Shards are written
 atomically: run the same command again to resume an interrupted conversion.
+
+Installed, `kseg-prepare FLAGS` is the same as `python scripts/prepare_data.py FLAGS`.
 """
 
 import sys
@@ -28,29 +30,33 @@ from kseg.cli import app as cli_app
 from kseg.data import coco, embedded, prepare
 from kseg.data.errors import DataError
 
-flags.DEFINE_enum("dataset", "embedded", ["embedded", "embedded_coco", "voc", "coco", "voc_layout"],
-                  "What to convert.")
-flags.DEFINE_string("voc_root", None, "VOCdevkit/VOC2012 (--dataset=voc).")
-flags.DEFINE_string("sbd_root", None, "The augmented set: a directory holding "
-                    "SegmentationClassAug/ and optionally train_aug.txt or SBD's "
-                    "train.txt/val.txt (--dataset=voc); adds the train_aug split.")
-flags.DEFINE_string("coco_root", None, "COCO root with annotations/ and the image folders "
-                    "(--dataset=coco).")
-flags.DEFINE_string("coco_split", "train2014", "COCO split, e.g. train2014 or val2014.")
-flags.DEFINE_string("record_split", None, "Split name of the COCO records (default: the COCO "
-                    "split without its year, e.g. 'train').")
-flags.DEFINE_string("root", None, "Root of a VOC-layout directory (--dataset=voc_layout).")
-flags.DEFINE_string("out_dir", None, "Where to write the records (embedded: the cache dir).")
-flags.DEFINE_list("splits", None, "Lists to convert (voc: default train,val[,train_aug]; "
-                  "voc_layout: default train,val).")
-flags.DEFINE_list("class_names", list(embedded.EMBEDDED_CLASSES),
-                  "Label names, background first (--dataset=voc_layout).")
-flags.DEFINE_integer("num_shards", None, "Shards per split (default: embedded 4, else "
-                     "one per --images_per_shard images).")
-flags.DEFINE_integer("images_per_shard", prepare.IMAGES_PER_SHARD,
-                     "Images per shard when --num_shards is not given.")
-flags.DEFINE_bool("strict", False, "Stop at the first bad example instead of skipping it.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_enum("dataset", "embedded", ["embedded", "embedded_coco", "voc", "coco", "voc_layout"],
+                      "What to convert.")
+    flags.DEFINE_string("voc_root", None, "VOCdevkit/VOC2012 (--dataset=voc).")
+    flags.DEFINE_string("sbd_root", None, "The augmented set: a directory holding "
+                        "SegmentationClassAug/ and optionally train_aug.txt or SBD's "
+                        "train.txt/val.txt (--dataset=voc); adds the train_aug split.")
+    flags.DEFINE_string("coco_root", None, "COCO root with annotations/ and the image folders "
+                        "(--dataset=coco).")
+    flags.DEFINE_string("coco_split", "train2014", "COCO split, e.g. train2014 or val2014.")
+    flags.DEFINE_string("record_split", None, "Split name of the COCO records (default: the COCO "
+                        "split without its year, e.g. 'train').")
+    flags.DEFINE_string("root", None, "Root of a VOC-layout directory (--dataset=voc_layout).")
+    flags.DEFINE_string("out_dir", None, "Where to write the records (embedded: the cache dir).")
+    flags.DEFINE_list("splits", None, "Lists to convert (voc: default train,val[,train_aug]; "
+                      "voc_layout: default train,val).")
+    flags.DEFINE_list("class_names", list(embedded.EMBEDDED_CLASSES),
+                      "Label names, background first (--dataset=voc_layout).")
+    flags.DEFINE_integer("num_shards", None, "Shards per split (default: embedded 4, else "
+                         "one per --images_per_shard images).")
+    flags.DEFINE_integer("images_per_shard", prepare.IMAGES_PER_SHARD,
+                         "Images per shard when --num_shards is not given.")
+    flags.DEFINE_bool("strict", False, "Stop at the first bad example instead of skipping it.")
 
 
 def _need(*names):
@@ -97,5 +103,11 @@ def _convert():
         print(f"{split}: {summary}")
 
 
-if __name__ == "__main__":
+def run():
+    """The `kseg-prepare` command."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

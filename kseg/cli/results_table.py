@@ -16,12 +16,17 @@ import time
 from absl import flags
 
 from kseg.cli import app as cli_app
-flags.DEFINE_list("flagfiles", None, "Flagfiles to run, in table order.", required=True)
-flags.DEFINE_string("runs_dir", "runs", "Where the run directories go.")
-flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
-flags.DEFINE_multi_string("extra", [], "Extra flags passed to every train.py run.")
+from kseg.utils import files
+
 FLAGS = flags.FLAGS
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_list("flagfiles", None, "Flagfiles to run, in table order.", required=True)
+    flags.DEFINE_string("runs_dir", "runs", "Where the run directories go.")
+    flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
+    flags.DEFINE_multi_string("extra", [], "Extra flags passed to every train.py run.")
 
 
 def run_one(flagfile: str) -> dict:
@@ -31,12 +36,11 @@ def run_one(flagfile: str) -> dict:
     timing_path = os.path.join(model_dir, "train_seconds.txt")
     if not os.path.exists(result_path):
         start = time.time()
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "train.py"),
+        subprocess.run([sys.executable, "-m", "kseg.cli.train",
                         f"--flagfile={flagfile}", f"--model_dir={model_dir}", *FLAGS.extra],
                        check=True)
-        with open(timing_path, "w") as f:
-            f.write(f"{time.time() - start:.0f}\n")
-        subprocess.run([sys.executable, os.path.join(SCRIPTS, "evaluate.py"),
+        files.write_text(timing_path, f"{time.time() - start:.0f}\n")
+        subprocess.run([sys.executable, "-m", "kseg.cli.evaluate",
                         f"--model_dir={model_dir}"], check=True)
     with open(result_path) as f:
         result = json.load(f)
@@ -63,12 +67,17 @@ def main(argv):
         lines.append(f"| `{r['flagfile']}`{mark} | **{100 * r['miou']:.1f}** | "
                      f"{100 * r['pixel_accuracy']:.1f} | {ious} | {r['seconds']} |")
     table = "\n".join(lines + ([""] + notes if notes else []))
-    with open(FLAGS.out, "w") as f:
-        f.write("# Results on the embedded dataset (val, no CRF)\n\n"
-                "Written by `python scripts/results_table.py "
-                f"--flagfiles={','.join(FLAGS.flagfiles)}`.\n\n{table}\n")
+    files.write_text(FLAGS.out, "# Results on the embedded dataset (val, no CRF)\n\n"
+                     "Written by `python scripts/results_table.py "
+                     f"--flagfiles={','.join(FLAGS.flagfiles)}`.\n\n{table}\n")
     print(table)
 
 
-if __name__ == "__main__":
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

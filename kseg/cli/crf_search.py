@@ -25,21 +25,25 @@ from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
 from kseg.utils import files
 
-flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-flags.DEFINE_string("split", "val", "Prepared split holding the held-out images.")
-flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
-flags.DEFINE_integer("num_images", 100, "Held-out images: the first N of --split.")
-flags.DEFINE_enum("search", "coordinate", list(crf_search.SEARCH_METHODS),
-                  "Coordinate search (one parameter at a time) or the full grid.")
-flags.DEFINE_integer("rounds", 2, "Passes of the coordinate search.")
-cli_flags.define_workers_flag()
-flags.DEFINE_string("output", None, "Flagfile fragment for the best setting "
-                    "(default DIR/crf_best.cfg).")
-for _name, _values in crf_search.DEFAULT_GRID.items():
-    flags.DEFINE_list(f"{_name}_values", [f"{v:g}" for v in _values],
-                      f"Values of {_name} to try (empty: keep --crf_{_name}).")
-cli_flags.define_crf_flags(help_prefix="Start of the search: ")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+    flags.DEFINE_string("split", "val", "Prepared split holding the held-out images.")
+    flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
+    flags.DEFINE_integer("num_images", 100, "Held-out images: the first N of --split.")
+    flags.DEFINE_enum("search", "coordinate", list(crf_search.SEARCH_METHODS),
+                      "Coordinate search (one parameter at a time) or the full grid.")
+    flags.DEFINE_integer("rounds", 2, "Passes of the coordinate search.")
+    cli_flags.define_workers_flag()
+    flags.DEFINE_string("output", None, "Flagfile fragment for the best setting "
+                        "(default DIR/crf_best.cfg).")
+    for name, values in crf_search.DEFAULT_GRID.items():
+        flags.DEFINE_list(f"{name}_values", [f"{v:g}" for v in values],
+                          f"Values of {name} to try (empty: keep --crf_{name}).")
+    cli_flags.define_crf_flags(help_prefix="Start of the search: ")
 
 
 def main(argv):
@@ -77,5 +81,11 @@ def main(argv):
     print(f"best: {' '.join(best.to_flags())}\n{summary}\nwrote {output} and {record}")
 
 
-if __name__ == "__main__":
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -13,6 +13,8 @@ and TF_CONFIG naming the cluster and this machine's task, e.g.
                 "task": {"type": "worker", "index": 0}}'
 
 --model_dir must be on a file system all workers see (worker 0 writes it).
+
+Installed, `kseg-train FLAGS` is the same as `python scripts/train.py FLAGS`.
 """
 
 import os
@@ -26,12 +28,16 @@ from kseg.cli import flags as cli_flags
 from kseg.training import distribute, loop
 
 FLAGS = flags.FLAGS
-cli_flags.define_experiment_flags()
-flags.DEFINE_enum("strategy", None, list(constants.STRATEGIES),
-                  "Distribution: one device, MirroredStrategy over this machine's GPUs, "
-                  "or MultiWorkerMirroredStrategy over the machines named in TF_CONFIG. "
-                  "Default: mirrored when more than one GPU is visible, else default. "
-                  "--batch_size is the global batch, split evenly over all replicas.")
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    cli_flags.define_experiment_flags()
+    flags.DEFINE_enum("strategy", None, list(constants.STRATEGIES),
+                      "Distribution: one device, MirroredStrategy over this machine's GPUs, "
+                      "or MultiWorkerMirroredStrategy over the machines named in TF_CONFIG. "
+                      "Default: mirrored when more than one GPU is visible, else default. "
+                      "--batch_size is the global batch, split evenly over all replicas.")
 
 
 def main(argv):
@@ -52,5 +58,11 @@ def main(argv):
     print(f"done: {model_dir}")
 
 
-if __name__ == "__main__":
+def run():
+    """The `kseg-train` command."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

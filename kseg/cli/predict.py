@@ -9,6 +9,8 @@ and NAME_overlay.jpg (the image | the image with the label colours blended).
 Unreadable images are skipped with a message naming the file. --crf adds
 the dense CRF (parameters: --crf_* flags, stds for a --crf_reference_size
 image, scaled to each image).
+
+Installed, `kseg-predict FLAGS` is the same as `python scripts/predict.py FLAGS`.
 """
 
 import sys
@@ -19,17 +21,21 @@ from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.inference import predict
 
-flags.DEFINE_string("model_dir", None, "Training run directory (its newest checkpoint).")
-flags.DEFINE_string("saved_model", None, "SavedModel directory (scripts/export.py).")
-flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
-flags.DEFINE_string("input", None, "Folder, .txt list, glob pattern or image file.",
-                    required=True)
-flags.DEFINE_string("output", None, "Output folder (created if missing).", required=True)
-flags.DEFINE_bool("crf", False, "Post-process with the dense CRF.")
-cli_flags.define_workers_flag()
-flags.DEFINE_alias("crf_workers", "workers")  # its earlier name
-cli_flags.define_crf_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_string("model_dir", None, "Training run directory (its newest checkpoint).")
+    flags.DEFINE_string("saved_model", None, "SavedModel directory (scripts/export.py).")
+    flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
+    flags.DEFINE_string("input", None, "Folder, .txt list, glob pattern or image file.",
+                        required=True)
+    flags.DEFINE_string("output", None, "Output folder (created if missing).", required=True)
+    flags.DEFINE_bool("crf", False, "Post-process with the dense CRF.")
+    cli_flags.define_workers_flag()
+    flags.DEFINE_alias("crf_workers", "workers")  # its earlier name
+    cli_flags.define_crf_flags()
 
 
 def main(argv):
@@ -51,5 +57,11 @@ def main(argv):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def run():
+    """The `kseg-predict` command."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -16,6 +16,8 @@ Gaussian 3 / 3, 10 iterations); the position stds are in pixels of a
 --crf_reference_size (500) image and each image scales them by its long
 side / 500, as kseg.crf.CRFParams.for_image_size does, so they fit VOC as
 published and the 128-px embedded images scaled down.
+
+Installed, `kseg-evaluate FLAGS` is the same as `python scripts/evaluate.py FLAGS`.
 """
 
 import os
@@ -31,17 +33,21 @@ from kseg.data import palette
 from kseg.evaluation import metrics
 from kseg.utils.progress import Progress
 
-flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-flags.DEFINE_string("split", "val", "Prepared split to evaluate.")
-flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
-flags.DEFINE_string("masks_dir", None, "If set, write predicted masks as VOC-palette PNGs "
-                    "here (with --crf: the CRF's).")
-flags.DEFINE_bool("crf", False, "Also score the dense-CRF post-processed predictions.")
-cli_flags.define_workers_flag()
-flags.DEFINE_integer("crf_chunk", None, "Images whose probabilities are held at once "
-                     f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
-cli_flags.define_crf_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+    flags.DEFINE_string("split", "val", "Prepared split to evaluate.")
+    flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
+    flags.DEFINE_string("masks_dir", None, "If set, write predicted masks as VOC-palette PNGs "
+                        "here (with --crf: the CRF's).")
+    flags.DEFINE_bool("crf", False, "Also score the dense-CRF post-processed predictions.")
+    cli_flags.define_workers_flag()
+    flags.DEFINE_integer("crf_chunk", None, "Images whose probabilities are held at once "
+                         f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
+    cli_flags.define_crf_flags()
 
 
 def evaluate_plain():
@@ -81,5 +87,11 @@ def main(argv):
         evaluate_plain()
 
 
-if __name__ == "__main__":
+def run():
+    """The `kseg-evaluate` command."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -35,28 +35,32 @@ from kseg.crf.evaluate import CRFSetting
 from kseg.data import bbox_seg as bbox_seg_data
 from kseg.utils import files
 
-flags.DEFINE_string("data_dir", None, "Prepared records (default: the embedded dataset, "
-                    "generated on first use).")
-flags.DEFINE_string("split", "train", "Split whose boxes give the masks.")
-flags.DEFINE_string("out_split", bbox_seg_data.DEFAULT_OUT_SPLIT, "Split written with the "
-                    "estimated masks as labels.")
-flags.DEFINE_string("masks_dir", None, "Mask PNGs (default <data_dir>/../"
-                    f"{bbox_seg_data.MASKS_DIRNAME}).")
-flags.DEFINE_float("alpha", 0.2, "Fraction of each box's area clamped to its class.")
-flags.DEFINE_enum("mode", "hard", list(bbox_seg_data.MODES), "'hard': the paper's clamps; "
-                  "'soft': the released scripts' 0.75 / 0.5 unaries.")
-cli_flags.define_workers_flag()
-flags.DEFINE_bool("overwrite", False, "Redo every mask (needed to change the settings).")
-flags.DEFINE_integer("num_shards", None, "Shards of --out_split (default: as --split).")
-flags.DEFINE_bool("alpha_search", False, "Score the masks for each of --alphas instead.")
-flags.DEFINE_string("alpha_search_split", "train", "Split of the held-out annotated images.")
-flags.DEFINE_integer("num_images", 100, "Held-out images of the alpha search.")
-flags.DEFINE_list("alphas", ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"],
-                  "Alphas of the search.")
-flags.DEFINE_string("output", None, "Alpha-search JSON (default "
-                    "runs/bbox_seg_alpha_search_<split>.json).")
-cli_flags.define_crf_flags(defaults=CRFSetting(BBOX_SEG_CRF_PARAMS))
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_string("data_dir", None, "Prepared records (default: the embedded dataset, "
+                        "generated on first use).")
+    flags.DEFINE_string("split", "train", "Split whose boxes give the masks.")
+    flags.DEFINE_string("out_split", bbox_seg_data.DEFAULT_OUT_SPLIT, "Split written with the "
+                        "estimated masks as labels.")
+    flags.DEFINE_string("masks_dir", None, "Mask PNGs (default <data_dir>/../"
+                        f"{bbox_seg_data.MASKS_DIRNAME}).")
+    flags.DEFINE_float("alpha", 0.2, "Fraction of each box's area clamped to its class.")
+    flags.DEFINE_enum("mode", "hard", list(bbox_seg_data.MODES), "'hard': the paper's clamps; "
+                      "'soft': the released scripts' 0.75 / 0.5 unaries.")
+    cli_flags.define_workers_flag()
+    flags.DEFINE_bool("overwrite", False, "Redo every mask (needed to change the settings).")
+    flags.DEFINE_integer("num_shards", None, "Shards of --out_split (default: as --split).")
+    flags.DEFINE_bool("alpha_search", False, "Score the masks for each of --alphas instead.")
+    flags.DEFINE_string("alpha_search_split", "train", "Split of the held-out annotated images.")
+    flags.DEFINE_integer("num_images", 100, "Held-out images of the alpha search.")
+    flags.DEFINE_list("alphas", ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"],
+                      "Alphas of the search.")
+    flags.DEFINE_string("output", None, "Alpha-search JSON (default "
+                        "runs/bbox_seg_alpha_search_<split>.json).")
+    cli_flags.define_crf_flags(defaults=CRFSetting(BBOX_SEG_CRF_PARAMS))
 
 
 def run_alpha_search(data_dir, setting):
@@ -94,5 +98,11 @@ def main(argv):
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 
-if __name__ == "__main__":
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,6 +9,8 @@ the input size. `metadata` gives the class names and the VOC palette. The
 dense CRF is a separate step (scripts/predict.py --crf). Inspect with
 
     saved_model_cli show --dir exports/strong/1 --all
+
+Installed, `kseg-export FLAGS` is the same as `python scripts/export.py FLAGS`.
 """
 
 from absl import flags
@@ -16,12 +18,16 @@ from absl import flags
 from kseg.cli import app as cli_app
 from kseg.inference import export
 
-flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (for TensorFlow "
-                    "Serving, a numbered version directory such as exports/NAME/1).",
-                    required=True)
-flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+    flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (for TensorFlow "
+                        "Serving, a numbered version directory such as exports/NAME/1).",
+                        required=True)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir.")
 
 
 def main(argv):
@@ -30,5 +36,11 @@ def main(argv):
     print(f"exported {FLAGS.model_dir} to {path} (signatures: {', '.join(export.SIGNATURES)})")
 
 
-if __name__ == "__main__":
+def run():
+    """The `kseg-export` command."""
+    define_flags()
     cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()
