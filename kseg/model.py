@@ -1,4 +1,4 @@
-"""DeepLab-v1 on VGG-16 with atrous convolution (DESIGN.md section 2).
+"""DeepLab-v1 on VGG-16 with atrous convolution (docs/network.md).
 
 The network maps an image batch (B, H, W, 3), mean-subtracted, to class
 scores (B, ceil(H/8), ceil(W/8), C) at output stride 8: a 321x321 crop gives a
@@ -26,7 +26,7 @@ _VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
 
 # DeepLab / Caffe VGG-16 input convention: BGR channel order minus the
-# ImageNet mean (DESIGN.md section 9); the Keras VGG-16 weights expect it too.
+# ImageNet mean (docs/departures.md); the Keras VGG-16 weights expect it too.
 MEAN_BGR = (104.008, 116.669, 122.675)
 INPUT_SCALE = 60.0  # rough std of mean-subtracted pixel values
 
@@ -94,7 +94,7 @@ def score_map_size(size: int) -> int:
 
 def _fc_surgery(fc1_kernel: np.ndarray, fc2_kernel: np.ndarray, fc1_bias: np.ndarray,
                 fc2_bias: np.ndarray, fov: str):
-    """Turns VGG-16's fc1/fc2 into DeepLab's fc6/fc7 (DESIGN.md section 2).
+    """Turns VGG-16's fc1/fc2 into DeepLab's fc6/fc7 (docs/network.md).
 
     fc1_kernel (25088, 4096) is reshaped to (7, 7, 512, 4096) (Keras flattens
     channels-last), subsampled spatially to 3x3 (rows/cols 0, 3, 6) or 4x4

@@ -6,7 +6,7 @@
 
 For every image with boxes of --split, the CRF clamps the centre --alpha of
 each box to its class and the outside of all boxes to background, and
-decides the rest of each box (DESIGN.md section 3). Masks are written as
+decides the rest of each box (docs/method.md). Masks are written as
 VOC-palette PNGs to --masks_dir (default <data_dir>/../SegmentationClassBboxSeg)
 in a pool of --workers processes; masks already there are skipped, so an
 interrupted run resumes. Then the split --out_split (default train_bboxseg)

@@ -14,7 +14,7 @@ parameters under "crf" (and as flag lines under "crf_flags").
 CRF parameters default to DeepLab-v1's LargeFOV values (bilateral 4 / 121 / 5,
 Gaussian 3 / 3, 10 iterations); the position stds are in pixels of a
 --crf_reference_size (500) image and each image scales them by its long
-side / 500, as kseg.crf.CRFParams.for_image_size does, so they fit VOC as
+side / 500, as kseg.crf.dense.CRFParams.for_image_size does, so they fit VOC as
 published and the 128-px embedded images scaled down.
 
 Installed, `kseg-evaluate FLAGS` is the same as `python scripts/evaluate.py FLAGS`.

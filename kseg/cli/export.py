@@ -2,7 +2,7 @@
 
     python scripts/export.py --model_dir=runs/strong --export_dir=exports/strong/1
 
-Signatures (see kseg/export.py): `serving_default` takes a batch of encoded
+Signatures (see kseg/inference/export.py): `serving_default` takes a batch of encoded
 JPEG/PNG strings of one size, `serve_images` a (B, H, W, 3) uint8 batch of
 any size; both return `labels` (B, H, W) and `probabilities` (B, H, W, C) at
 the input size. `metadata` gives the class names and the VOC palette. The

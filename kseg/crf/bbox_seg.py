@@ -11,7 +11,7 @@ import numpy as np
 from kseg.constants import IGNORE_LABEL
 from kseg.crf.dense import CRFParams, dense_crf
 
-# Bbox-Seg CRF of the authors' released scripts (DESIGN §9): bilateral
+# Bbox-Seg CRF of the authors' released scripts (docs/departures.md): bilateral
 # weight 45, position std 37, colour std 3; Gaussian weight 15, std 3;
 # 10 iterations. The stds are for ~500 px VOC images: on smaller images use
 # BBOX_SEG_CRF_PARAMS.for_image_size(h, w). The strong bilateral weight lets
@@ -129,7 +129,7 @@ def _box_layout(boxes, classes, num_classes, height, width, alpha, mode):
 
 def bbox_seg_unary(boxes, classes, num_classes, height, width, alpha=0.2,
                    mode="hard", eps=1e-4):
-    """Bbox-Seg unary probabilities from bounding boxes (DESIGN §3, §9).
+    """Bbox-Seg unary probabilities from bounding boxes (docs/method.md, docs/departures.md).
 
     Args:
       boxes: (N, 4) float [ymin, xmin, ymax, xmax], 0-based half-open pixel
@@ -185,7 +185,7 @@ def _unary_and_allowed(boxes, classes, num_classes, height, width, alpha, mode, 
 
 def bbox_seg(image, boxes, classes, num_classes, alpha=0.2, mode="hard",
              params=BBOX_SEG_CRF_PARAMS, eps=1e-4):
-    """Bbox-Seg: a segmentation estimated from boxes with the dense CRF (DESIGN §3).
+    """Bbox-Seg: a segmentation estimated from boxes with the dense CRF (docs/method.md).
 
     Runs :func:`dense_crf` on :func:`bbox_seg_unary`. In 'hard' mode the box
     constraints are then enforced exactly: pixels outside every box are 0,

@@ -154,7 +154,7 @@ def _check_image_and_probs(image, probs):
 
 
 def dense_crf(image, probs, params=CRFParams()):
-    """Mean-field inference in the fully connected CRF (DESIGN §6).
+    """Mean-field inference in the fully connected CRF (docs/evaluation.md).
 
     Args:
       image: (H, W, 3) uint8 RGB image.

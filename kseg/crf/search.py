@@ -30,7 +30,7 @@ SEARCH_METHODS = ("coordinate", "grid")
 # Values tried for each parameter by default (position stds in pixels of a
 # reference_size image): around DeepLab-v1's LargeFOV values (4 / 121 / 5,
 # Gaussian 3 / 3) and the per-experiment ones the authors' configs used
-# (e.g. 5 / 50 / 10, 35 / 61 / 10; DESIGN section 9).
+# (e.g. 5 / 50 / 10, 35 / 61 / 10; docs/departures.md).
 DEFAULT_GRID = {
     "bi_w": (2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 20.0, 35.0),
     "bi_xy_std": (20.0, 30.0, 50.0, 70.0, 90.0, 121.0, 160.0),

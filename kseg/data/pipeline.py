@@ -1,4 +1,4 @@
-"""The tf.data input pipeline: shards -> decoded, augmented, batched examples (DESIGN.md section 5).
+"""The tf.data input pipeline: shards -> decoded, augmented, batched examples (docs/data.md).
 
 One path for every supervision kind: a `Stream` names the shards, the kind
 of supervision its examples train with and how many of them go in each

@@ -1,4 +1,4 @@
-"""The one on-disk format: sharded TFRecords of `tf.train.Example` (DESIGN.md section 5).
+"""The one on-disk format: sharded TFRecords of `tf.train.Example` (docs/data.md).
 
 Every record holds the encoded image and whichever annotations exist; which
 of them a run trains on (pixels, image labels, boxes) is chosen per example

@@ -157,7 +157,7 @@ def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
     Chooses image- and label-dependent biases so that, when visited, each
     present label wins at least its portion of the valid pixels (background
     `bg_portion`, each present foreground label `fg_portion`), and absent
-    labels never win. Per image (DESIGN.md section 3):
+    labels never win. Per image (docs/method.md):
 
       1. Suppress: each absent label's score is lowered to (min over present
          labels' scores at that pixel) - margin wherever it is higher.
@@ -355,7 +355,7 @@ def bbox_em_fixed(scores, box_mask, valid=None, fg_bias=5.0, bg_bias=3.0,
     outside="background" (default, the paper): a hard constraint -- label c
       cannot win outside boxes of class c (its score is set to -inf there), so
       a pixel in no box is background.
-    outside="soft" (the authors' released config, DESIGN.md section 9): the
+    outside="soft" (the authors' released config, docs/departures.md): the
       same biases with a plain argmax, so a foreground label may win outside
       its boxes when its score is high enough.
 

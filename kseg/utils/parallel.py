@@ -1,6 +1,6 @@
 """Run an independent per-item job (dense CRF, Bbox-Seg) over a process pool.
 
-Images are independent (DESIGN §6), so CRF post-processing scales with the
+Images are independent (docs/evaluation.md), so CRF post-processing scales with the
 number of cores; :func:`ordered_map` is the one place that owns the pool.
 """
 
