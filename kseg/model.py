@@ -1,13 +1,17 @@
 """DeepLab-v1 on VGG-16 with atrous convolution (docs/network.md).
 
-The network maps an image batch (B, H, W, 3), mean-subtracted, to class
-scores (B, ceil(H/8), ceil(W/8), C) at output stride 8: a 321x321 crop gives a
-41x41 score map. Layer names follow `keras.applications.VGG16`
-(`block1_conv1` ... `block5_conv3`) so ImageNet weights map one to one.
+The network maps an image batch (B, H, W, 3), BGR minus the ImageNet mean
+(`preprocess`), to class scores (B, ceil(H/8), ceil(W/8), C) at output
+stride 8: a 321x321 crop gives a 41x41 score map. Layer names follow
+`keras.applications.VGG16` (`block1_conv1` ... `block5_conv3`) so ImageNet
+weights map one to one.
 
-Example:
-    net = build_deeplab(num_classes=21, fov="large")
-    net(np.zeros((1, 321, 321, 3), "float32")).shape  # (1, 41, 41, 21)
+Example (a 1/16-width network, quick to build):
+    >>> from kseg.config import ModelConfig
+    >>> net = build_deeplab(ModelConfig(num_classes=21, fov="large", width=0.0625))
+    >>> images = np.zeros((1, 321, 321, 3), np.uint8)  # RGB
+    >>> tuple(net(preprocess(images)).shape)
+    (1, 41, 41, 21)
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ INPUT_SCALE = 60.0  # rough std of mean-subtracted pixel values
 def preprocess(images: tf.Tensor) -> tf.Tensor:
     """(..., H, W, 3) uint8 RGB -> (..., H, W, 3) float32 BGR minus the mean.
 
-    A padded pixel of value 0 after this step is "the image mean"."""
+    A padded pixel of value 0 after this step is "the image mean".
+
+    >>> preprocess(np.array([[[255, 0, 0]]], np.uint8)).numpy()  # one red pixel
+    array([[[-104.008, -116.669,  132.325]]], dtype=float32)
+    """
     images = tf.cast(images, tf.float32)[..., ::-1]
     return images - tf.constant(MEAN_BGR, tf.float32)
 
@@ -52,8 +60,9 @@ def _channels(base: int, width: float) -> int:
 def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab") -> keras.Model:
     """Builds DeepLab-VGG16 as a Keras functional model.
 
-    Input (B, H, W, 3) float32, mean-subtracted RGB; output (B, h, w, C)
-    float32 logits with h = ceil(H / 8), w = ceil(W / 8).
+    Input (B, H, W, 3) float32, BGR minus the ImageNet mean (`preprocess` of
+    uint8 RGB images); output (B, h, w, C) float32 logits with
+    h = ceil(H / 8), w = ceil(W / 8) (`score_map_size`).
     """
     conv_init = keras.initializers.HeNormal()
     # The input is raw pixels minus the mean (std ~60, the Caffe convention
@@ -85,7 +94,11 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab") ->
 
 
 def score_map_size(size: int) -> int:
-    """Score-map side for an input side (three stride-2 'same' pools)."""
+    """Score-map side for an input side (three stride-2 'same' pools).
+
+    >>> score_map_size(321), score_map_size(129)
+    (41, 17)
+    """
     return -(-size // STRIDE)
 
 

@@ -102,6 +102,13 @@ def em_fixed(scores, image_labels, valid=None, fg_bias=5.0, bg_bias=3.0):
 
     Returns:
       (B, h, w) int32 labels, IGNORE_LABEL where `valid` is False.
+
+    Example: one image of two pixels, background and label 1 present; the
+    network prefers background by 1 on the first pixel, by 3 on the second,
+    and the bias difference of 2 flips only the first:
+      >>> scores = tf.constant([[[[1.0, 0.0, 0.0], [3.0, 0.0, 0.0]]]])  # (1, 1, 2, 3)
+      >>> em_fixed(scores, [[1, 1, 0]]).numpy()
+      array([[[1, 0]]], dtype=int32)
     """
     f, valid = _prepare(scores, valid)  # (B, h, w, C), (B, h, w)
     present = tf.cast(_present(image_labels), tf.float32)  # (B, C)
@@ -218,7 +225,7 @@ def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
     batch = tf.shape(f)[0]
     valid_flat = tf.reshape(valid, tf.stack([batch, -1]))  # (B, h*w)
     num_valid = tf.reduce_sum(tf.cast(valid_flat, tf.int32), axis=1)  # (B,)
-    order = _visiting_order(present, num_iter, seed)  # (T*C, B)
+    order = _visiting_order(present, num_iter, seed)  # (T*P, B)
     bias0 = tf.zeros(tf.shape(present), tf.float32)  # (B, C)
 
     def visit(t, f, m, bias):
@@ -305,6 +312,12 @@ def bbox_rect(boxes, classes, height, width):
 
     Returns:
       (height, width) int32 label map.
+
+    Example: a 2x2 box of class 3 inside a 3x3 box of class 1:
+      >>> bbox_rect([[0, 0, 3, 3], [1, 1, 3, 3]], [1, 3], 3, 4).numpy()
+      array([[1, 1, 1, 0],
+             [1, 3, 3, 0],
+             [1, 3, 3, 0]], dtype=int32)
     """
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])  # (N, 4)
     classes = tf.reshape(tf.cast(classes, tf.int32), [-1])  # (N,)

@@ -39,11 +39,14 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
         bool, image_labels (B, C) float multi-hot, box_mask (B, h, w, C) bool,
         optionally label_space (B, C) bool: E-steps only choose among the
         labels of the example's own dataset.
+      config: the E-step settings.
+      step: the training step (scalar), for `config.box_warmup_steps`; None:
+        no warm-up.
+
     Returns:
       targets (B, h, w) int32 with 255 = ignored, and a dict of scalar
       statistics of the weak examples' E-step (`bg_fraction`,
       `fg_fraction`, `adapt_bias`).
-      step: the training step (scalar), for `config.box_warmup_steps`.
     """
     scores = tf.stop_gradient(scores)  # (B, h, w, C)
     if "label_space" in batch:

@@ -31,7 +31,12 @@ def confusion_matrix(label: np.ndarray, prediction: np.ndarray, num_classes: int
 
 def scores_from_confusion(confusion: np.ndarray) -> dict:
     """mIoU, pixel accuracy and per-class IoU (None for a class absent from
-    both ground truth and prediction) of a confusion matrix."""
+    both ground truth and prediction) of a confusion matrix.
+
+    >>> confusion = confusion_matrix([0, 0, 1, 1, 255], [0, 1, 1, 1, 0], num_classes=3)
+    >>> scores_from_confusion(confusion)
+    {'miou': 0.5833333333333333, 'pixel_accuracy': 0.75, 'per_class_iou': [0.5, 0.6666666666666666, None]}
+    """
     confusion = np.asarray(confusion, np.float64)
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp

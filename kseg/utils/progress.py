@@ -5,13 +5,15 @@ On a terminal the line is redrawn in place with ``\\r`` at most every
 written each time another tenth of the work is done, or when ``log_interval``
 seconds have passed without a line, so logs stay short but never go silent.
 
-Example::
+Example (a file instead of a terminal, and a clock that ticks a second a call):
 
-    with Progress(total=len(images), desc="crf") as bar:
-        for image in images:
-            ...
-            bar.update()
-    # crf: 1449/1449 [03:12<00:00, 7.5 it/s]
+    >>> import io, itertools
+    >>> out, ticks = io.StringIO(), itertools.count()
+    >>> with Progress(total=20, desc="crf", stream=out, clock=lambda: next(ticks)) as bar:
+    ...     for _ in range(20):
+    ...         bar.update()
+    >>> print(out.getvalue().splitlines()[-1])
+    crf: 20/20 [00:20<00:00, 1.0 it/s]
 """
 
 import sys

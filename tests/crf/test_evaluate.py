@@ -1,6 +1,8 @@
 """Tests for kseg/crf/evaluate.py: CRF evaluation over a pool, and the scripts that use it."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -103,3 +105,13 @@ def test_side_by_side_table():
     text = crf_eval.format_side_by_side(plain, crf, ["background", "cat"])
     assert "IoU+CRF" in text
     assert " 90.00%" in text and " 92.00%" in text and "cat" in text
+
+
+def test_crf_modules_and_metrics_import_without_tensorflow():
+    """The CRF pool's workers import these: TensorFlow would cost them seconds each."""
+    code = ("import sys; import kseg.crf.dense, kseg.crf.bbox_seg, kseg.crf.evaluate, "
+            "kseg.crf.search, kseg.evaluation.metrics, kseg.data.bbox_seg, kseg.config; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

@@ -31,7 +31,7 @@ def _random_case(seed, batch=3, height=7, width=6, num_labels=5, scale=3.0):
 def _em_adapt_reference(scores, labels, valid, order, fg_portion, bg_portion, margin):
     """Per-image loop transcription of docs/method.md, in float32.
 
-    order: (T*C, B) label visited at each slot (from estep._visiting_order)."""
+    order: (T*P, B) label visited at each slot (from estep._visiting_order)."""
     out = np.full(valid.shape, IGNORE_LABEL, np.int32)
     for b in range(scores.shape[0]):
         f = scores[b].astype(np.float32).copy()  # (h, w, C)
