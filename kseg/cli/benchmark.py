@@ -4,6 +4,8 @@
 
 pipeline: input-pipeline images/s against the model's training images/s at
   the same batch and crop (the embedded strong.cfg setting).
+decode: JPEG decoding images/s with the accurate DCT the pipeline uses against
+  TensorFlow's default.
 estep: training-step time of each E-step kind relative to a strong step on
   the same batch, at 321x321 crops.
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
@@ -28,7 +30,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
-    flags.DEFINE_list("what", ["pipeline", "estep", "crf", "serving"],
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "serving"],
                       "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
@@ -40,6 +42,7 @@ def define_flags():
     flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
     flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
     flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+    flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
     flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                         "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 
@@ -58,6 +61,17 @@ def bench_pipeline():
     print(f"pipeline: {feed:.1f} images/s (crop {FLAGS.crop_size}, flip, box masks, batch "
           f"{FLAGS.batch_size}); training: {train:.1f} images/s (width {FLAGS.width}); "
           f"ratio pipeline/training = {feed / train:.1f}")
+
+
+def bench_decode():
+    data_dir = prepare.ensure_embedded_records()
+    encoded = [r.image_encoded for r, _ in zip(records.iterate_split(data_dir, "train"),
+                                               range(FLAGS.decode_images))]
+    times = benchmark.jpeg_decode_seconds(encoded)
+    print(f"JPEG decoding of {len(encoded)} embedded images (median of 9): TensorFlow's default "
+          f"DCT {len(encoded) / times['default']:.0f} images/s, the accurate DCT the pipeline "
+          f"uses {len(encoded) / times['accurate']:.0f} images/s; ratio accurate/default "
+          f"{times['default'] / times['accurate']:.2f}")
 
 
 def bench_estep():
@@ -114,8 +128,8 @@ def main(argv):
     for what in FLAGS.what:
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            {"pipeline": bench_pipeline, "estep": bench_estep, "crf": bench_crf,
-             "serving": bench_serving}[what]()
+            {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
+             "crf": bench_crf, "serving": bench_serving}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from kseg import experiment
 from kseg.data.palette import voc_palette
+from kseg.data.records import decode_rgb
 from kseg.inference.segment import segment
 
 SIGNATURES = ("serving_default", "serve_images", "metadata")
@@ -58,8 +59,7 @@ def _decode_batch(encoded: tf.Tensor) -> tf.Tensor:
                             element_shape=tf.TensorShape([None, None, 3]))
     sizes = tf.TensorArray(tf.int32, size=count)
     for i in tf.range(count):
-        image = tf.io.decode_image(encoded[i], channels=3, dtype=tf.uint8,
-                                   expand_animations=False)  # (H, W, 3)
+        image = decode_rgb(encoded[i])  # (H, W, 3), decoded as for training and evaluation
         images = images.write(i, image)
         sizes = sizes.write(i, tf.shape(image)[:2])
     sizes = sizes.stack()  # (B, 2)

@@ -1,8 +1,10 @@
+import io
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from kseg.data import embedded, prepare, records
 from kseg.data.errors import DataError
@@ -45,6 +47,20 @@ def test_parse_example_in_graph_matches_what_was_written():
     no_mask = records.parse_example(tf.constant(records.to_example(_record(3, False))))
     assert not no_mask["has_label"].numpy()
     assert (no_mask["label"].numpy() == 255).all() and no_mask["label"].shape == (12, 9)
+
+
+def test_jpegs_decode_as_pil_decodes_them():
+    """Accurate integer DCT: the pixels PIL (libjpeg's default) gives, not TensorFlow's fast DCT."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 56, 3), np.uint8)
+    encoded = records.encode_image(image, "JPEG")
+    expected = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+    decoded = records.decode_rgb(tf.constant(encoded)).numpy()
+    np.testing.assert_array_equal(decoded, expected)
+    fast = tf.io.decode_jpeg(encoded).numpy()
+    assert not np.array_equal(fast, expected)  # the default would differ
+    png = records.encode_image(image, "PNG")
+    np.testing.assert_array_equal(records.decode_rgb(tf.constant(png)).numpy(), image)
 
 
 def test_write_split_round_trip_and_resume(tmp_path):
