@@ -19,6 +19,14 @@ def plain_log_lines() -> None:
     logging.get_absl_handler().setFormatter(std_logging.Formatter("%(message)s"))
 
 
+def log_to_terminal() -> None:
+    """For a Python program that calls the library itself: show kseg's log
+    lines (INFO and up) on stderr as the commands do."""
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    plain_log_lines()
+
+
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Parses the flags (flagfiles expanded, see kseg.cli.flags.expand_flagfiles)
     and runs `main`, as absl's app.run does.

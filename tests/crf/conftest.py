@@ -4,8 +4,10 @@ import io
 
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
+from kseg.cli import flags as cli_flags
 from kseg.crf.dense import CRFParams
 from kseg.crf.evaluate import CRFSample
 from kseg.data import records
@@ -47,3 +49,10 @@ def _samples(records_dir, split="val", num_classes=6, seed=0):
 @pytest.fixture(scope="module")
 def samples(tiny_records):
     return _samples(tiny_records)
+
+
+def crf_flag_values():
+    """A fresh FlagValues with the --crf_* flags defined as the commands define them."""
+    values = flags.FlagValues()
+    cli_flags.define_crf_flags(values)
+    return values

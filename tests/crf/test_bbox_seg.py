@@ -6,12 +6,6 @@ import pytest
 from kseg.crf.bbox_seg import BBOX_SEG_CRF_PARAMS, bbox_seg, bbox_seg_unary
 
 
-def _random_probs(rng, height, width, num_labels):
-    logits = rng.normal(scale=2.0, size=(height, width, num_labels))
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
-
-
 def test_bbox_seg_unary_hand_example():
     # One 5x5 box of class 2 at rows/cols 2..6 in a 10x10 image, alpha 0.2:
     # the core is centred at 4.5 with half-side 2.5 * sqrt(0.2) = 1.118, i.e.

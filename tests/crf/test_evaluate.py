@@ -7,9 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from absl import flags
 
-from kseg.cli import flags as cli_flags
 from kseg.crf import evaluate as crf_eval
 from kseg.crf.dense import CRFParams, dense_crf
 from kseg.crf.evaluate import CRFSetting
@@ -18,7 +16,7 @@ from kseg.evaluation import metrics
 from kseg.inference import segment as segment_lib
 
 from tests import ROOT
-from tests.crf.conftest import FAST
+from tests.crf.conftest import FAST, crf_flag_values
 
 # ------------------------------------------------------------------ CRFSetting
 
@@ -31,15 +29,8 @@ def test_setting_scales_position_stds_to_each_image():
         CRFSetting(FAST, reference_size=-1)
 
 
-def _crf_flag_values():
-    """A fresh FlagValues with the --crf_* flags defined as the scripts define them."""
-    values = flags.FlagValues()
-    cli_flags.define_crf_flags(values)
-    return values
-
-
 def test_flag_defaults_are_deeplab_values_scaled_to_500_px():
-    values = _crf_flag_values()
+    values = crf_flag_values()
     values(["prog"])
     assert CRFSetting.from_dict(values.flag_values_dict()) == CRFSetting(CRFParams(), 500)
 
@@ -47,7 +38,7 @@ def test_flag_defaults_are_deeplab_values_scaled_to_500_px():
 @pytest.mark.parametrize("name, bi", [("crf_deeplab_largefov.cfg", (4.0, 121.0, 5.0)),
                                       ("crf_released_test.cfg", (5.0, 50.0, 10.0))])
 def test_flagfile_fragments_parse(name, bi):
-    values = _crf_flag_values()
+    values = crf_flag_values()
     values(["prog", f"--flagfile={os.path.join(ROOT, 'flags', name)}"])
     setting = CRFSetting.from_dict(values.flag_values_dict())
     params = setting.params

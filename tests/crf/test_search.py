@@ -4,19 +4,10 @@ import dataclasses
 
 import pytest
 
-from absl import flags
 
-from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
 from kseg.crf.evaluate import CRFSetting
-from tests.crf.conftest import FAST
-
-
-def _crf_flag_values():
-    """A fresh FlagValues with the --crf_* flags defined as the scripts define them."""
-    values = flags.FlagValues()
-    cli_flags.define_crf_flags(values)
-    return values
+from tests.crf.conftest import FAST, crf_flag_values
 
 
 def test_coordinate_search_improves_and_writes_a_parsable_fragment(samples, tmp_path, absl_logs):
@@ -39,7 +30,7 @@ def test_coordinate_search_improves_and_writes_a_parsable_fragment(samples, tmp_
 
     path = str(tmp_path / "crf_best.cfg")
     crf_search.write_flagfile(path, best, ["found on 6 images"])
-    values = _crf_flag_values()
+    values = crf_flag_values()
     values(["prog", f"--flagfile={path}"])
     assert CRFSetting.from_dict(values.flag_values_dict()) == best
 

@@ -30,7 +30,7 @@ def train(root):
             for image_id in read_split_ids(root, "train")]
 
 
-def _read_bytes(path):
+def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
 
@@ -57,11 +57,11 @@ def test_deterministic_given_seed(root, tmp_path):
     for image_id in read_split_ids(root, "train") + read_split_ids(root,
                                                                     "val"):
         for path_fn in (class_mask_path, object_mask_path, annotation_path):
-            a = _read_bytes(path_fn(root, image_id))
-            assert a == _read_bytes(path_fn(again, image_id))
-            differs |= a != _read_bytes(path_fn(other, image_id))
-        a = _read_bytes(os.path.join(root, "JPEGImages", f"{image_id}.jpg"))
-        assert a == _read_bytes(
+            a = read_bytes(path_fn(root, image_id))
+            assert a == read_bytes(path_fn(again, image_id))
+            differs |= a != read_bytes(path_fn(other, image_id))
+        a = read_bytes(os.path.join(root, "JPEGImages", f"{image_id}.jpg"))
+        assert a == read_bytes(
             os.path.join(again, "JPEGImages", f"{image_id}.jpg"))
     assert differs
 

@@ -10,10 +10,7 @@ from PIL import Image
 
 from kseg.data import coco, embedded, embedded_coco
 
-
-def _read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
+from tests.data.test_embedded import read_bytes
 
 
 COCO_SMALL = dict(num_train=16, num_val=4, image_size=64, seed=2)
@@ -94,7 +91,7 @@ def test_coco_like_deterministic(coco_root, tmp_path):
     n = len(second["annotations"])
     assert second["annotations"] == first["annotations"][:n]
     for entry in second["images"]:
-        assert _read_bytes(os.path.join(again, "train", entry["file_name"])) == _read_bytes(
+        assert read_bytes(os.path.join(again, "train", entry["file_name"])) == read_bytes(
             os.path.join(coco_root, "train", entry["file_name"]))
 
 

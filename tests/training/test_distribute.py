@@ -89,7 +89,9 @@ for kind in ("strong", "em_adapt"):
 WORKER_SCRIPT = r'''
 import os, sys
 import numpy as np
+from kseg.cli.app import log_to_terminal
 from kseg.training import distribute
+log_to_terminal()  # the step lines the test reads
 strategy = distribute.make_strategy(sys.argv[1])  # before any other TensorFlow op
 import keras
 from kseg import model as model_lib

@@ -107,11 +107,3 @@ def test_map_shows_progress(capsys):
     map_in_order(_square_after_delay, list(range(10)), workers=2, desc="squares")
     err = capsys.readouterr().err
     assert "squares: 10/10 [" in err
-
-
-class _FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now

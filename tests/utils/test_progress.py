@@ -9,11 +9,6 @@ from kseg.utils.progress import Progress, iterate
 # Pool jobs must be top-level functions so that workers can unpickle them.
 
 
-class _UnpicklableError(Exception):
-    def __init__(self, code, detail):  # extra args: the default pickling fails
-        super().__init__(f"{code}: {detail}")
-
-
 class _FakeClock:
     def __init__(self):
         self.now = 100.0
