@@ -1,79 +1,49 @@
-"""A whole run put together from small configs: data, model, E-step, optimiser, loop.
+"""A whole run put together from its configs (kseg.config): training and evaluation.
 
-Scripts turn flags into an `Experiment` and call `run_training` or
-`evaluate_run`; the run's settings are written to `model_dir/config.json`
-so evaluation, export and prediction rebuild the same network.
+The command line turns flags into an `Experiment` and calls `run_training`,
+`evaluate_run` or `evaluate_run_with_crf`; the run's settings are written to
+`model_dir/config.json` so evaluation, export and prediction rebuild the
+same network (`load_network`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from kseg import evaluate as eval_lib
 from kseg import model as model_lib
-from kseg import targets, train_lib
+from kseg.config import DataConfig, Experiment, ModelConfig
+from kseg.constants import CLASSIFIER
+from kseg.crf import evaluate as crf_eval
 from kseg.data import pipeline, prepare, records
 from kseg.data.errors import DataError
 from kseg.training import pretrain
+from kseg.data.palette import write_label_png
+from kseg.em import targets
+from kseg.evaluation import metrics
+from kseg.inference import segment as segment_lib
+from kseg.training import checkpoints, loop, trainer as trainer_lib
+from kseg.utils import files
+from kseg.utils.progress import Progress
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which records train and validate, and how examples are supervised.
-
-    `supervision` is the kind of every training example, or, when
-    `num_strong` >= 0, of the weak part: the first `num_strong` images of a
-    seeded permutation of the training list are strong, the rest weak, and
-    each batch holds `strong_per_batch` + `weak_per_batch` of them. With
-    `weak_per_batch` = 0 the run trains on the strong subset alone.
-    """
-
-    dataset: str = "embedded"  # "embedded" or "embedded_coco" when data_dir is None
-    data_dir: str | None = None  # prepared records; None: `dataset`, made on first use
-    train_split: str = "train"
-    weak_split: str | None = None  # records of the --supervision examples (default train_split)
-    val_split: str = "val"
-    supervision: str = "strong"
-    batch_size: int = 20
-    num_strong: int = -1
-    strong_per_batch: int = 10
-    weak_per_batch: int = 10
-    # Cross-Joint: a second dataset trained in the same batches. The model's
-    # labels are then the joint dataset's; this dataset's labels map into
-    # them by class name (VOC names through kseg.data.coco.VOC_TO_COCO) and
-    # its examples' loss runs over their own labels only.
-    joint: "DataConfig | None" = None
-
-    def resolved_dir(self) -> str:
-        if self.data_dir:
-            return self.data_dir
-        makers = {"embedded": prepare.ensure_embedded_records,
-                  "embedded_coco": prepare.ensure_embedded_coco_records}
-        if self.dataset not in makers:
-            raise ValueError(f"dataset {self.dataset!r} needs --data_dir (prepared records); "
-                             f"built in: {sorted(makers)}")
-        return makers[self.dataset]()
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    data: DataConfig
-    model: model_lib.ModelConfig
-    input: pipeline.InputConfig
-    estep: targets.EStepConfig
-    optim: train_lib.OptimConfig
-    loop: train_lib.LoopConfig
-    init: str = "random"
-    init_from: str | None = None  # a run directory to start from (Cross-Pretrain)
-    reset_classifier: bool = False  # with init_from: a fresh fc8
-    seed: int = 0
+def resolve_data_dir(data: DataConfig) -> str:
+    """The records directory of `data`: `data_dir`, or the built-in
+    `dataset`'s, generated on first use."""
+    if data.data_dir:
+        return data.data_dir
+    makers = {"embedded": prepare.ensure_embedded_records,
+              "embedded_coco": prepare.ensure_embedded_coco_records}
+    if data.dataset not in makers:
+        raise ValueError(f"dataset {data.dataset!r} needs --data_dir (prepared records); "
+                         f"built in: {sorted(makers)}")
+    return makers[data.dataset]()
 
 
 def make_streams(data: DataConfig, data_dir: str, seed: int,
@@ -119,13 +89,13 @@ def training_setup(data: DataConfig, seed: int):
     Returns (streams, info) with info = {data_dir, class_names (the model's
     labels), eval_class_names (the labels of the validated dataset),
     label_map (validated dataset -> model labels, or None)}."""
-    data_dir = data.resolved_dir()
+    data_dir = resolve_data_dir(data)
     names = records.read_split_info(data_dir, data.train_split)["class_names"]
     info = {"data_dir": data_dir, "class_names": names, "eval_class_names": names,
             "label_map": None}
     if data.joint is None:
         return make_streams(data, data_dir, seed), info
-    joint_dir = data.joint.resolved_dir()
+    joint_dir = resolve_data_dir(data.joint)
     joint_names = records.read_split_info(joint_dir, data.joint.train_split)["class_names"]
     label_map = class_label_map(names, joint_names)
     info.update(class_names=joint_names, label_map=list(label_map), joint_data_dir=joint_dir)
@@ -141,8 +111,8 @@ def val_evaluator(data_dir: str, split: str, num_classes: int,
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
 
     def run(network):
-        return eval_lib.evaluate(eval_lib.network_predictions(network, dataset,
-                                                              label_map=label_map), num_classes)
+        return metrics.evaluate(segment_lib.network_predictions(network, dataset,
+                                                                label_map=label_map), num_classes)
     return run
 
 
@@ -156,27 +126,27 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     init = resolve_init(exp.init, exp.model)
     if init != exp.init:
         info.update(init_weights=init, init_val_top1=pretrain.backbone_info(init)["val_top1"])
-    train_lib.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
+    checkpoints.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
         model_lib.initialise(network, exp.model.fov, init)
         if exp.init_from:
             init_from_run(network, exp.init_from, exp.reset_classifier)
-        trainer = train_lib.Trainer(network, exp.estep, exp.optim)
-        trainer.compile(optimizer=train_lib.make_optimizer(exp.optim))
+        trainer = trainer_lib.Trainer(network, exp.estep, exp.optim)
+        trainer.compile(optimizer=trainer_lib.make_optimizer(exp.optim))
     dataset = pipeline.train_dataset(streams, exp.input)
     evaluate_fn = None
     if exp.data.val_split:
         evaluate_fn = val_evaluator(info["data_dir"], exp.data.val_split,
                                     len(info["eval_class_names"]), info["label_map"])
-    return train_lib.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+    return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
 
 
 EMBEDDED_IMAGENET = "embedded_imagenet"
 
 
-def resolve_init(init: str, model: model_lib.ModelConfig) -> str:
+def resolve_init(init: str, model: ModelConfig) -> str:
     """The `--init` value as model.initialise takes it: "embedded_imagenet"
     becomes the backbone pretrained on the ImageNet stand-in for this width
     and FOV (made once, then cached); other values pass through."""
@@ -191,7 +161,7 @@ def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
     weights, then a fresh fc8 for VOC)."""
     source, _ = load_network(run_dir)
     for layer in network.layers:
-        if not layer.weights or (reset_classifier and layer.name == model_lib.CLASSIFIER):
+        if not layer.weights or (reset_classifier and layer.name == CLASSIFIER):
             continue
         weights = source.get_layer(layer.name).get_weights()
         if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
@@ -206,10 +176,10 @@ def load_network(model_dir: str):
     """Rebuilds a run's network from `config.json` and its newest checkpoint.
 
     Returns (network, run config dict)."""
-    config = train_lib.load_run_config(model_dir)
-    network = model_lib.build_deeplab(model_lib.ModelConfig(**config["model"]))
-    checkpoint = train_lib.restore_network(network, model_dir)
-    print(f"loaded {checkpoint}", file=sys.stderr)
+    config = checkpoints.load_run_config(model_dir)
+    network = model_lib.build_deeplab(ModelConfig(**config["model"]))
+    checkpoint = checkpoints.restore_network(network, model_dir)
+    logging.info(f"loaded {checkpoint}")
     return network, config
 
 
@@ -220,8 +190,72 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
     data_dir = data_dir or config["data_dir"]
     names = config.get("eval_class_names", config["class_names"])
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
-    result = eval_lib.evaluate(eval_lib.network_predictions(
+    result = metrics.evaluate(segment_lib.network_predictions(
         network, dataset, on_image, label_map=config.get("label_map")), len(names))
     result.update(split=split, data_dir=data_dir, class_names=names)
-    eval_lib.write_json(result, os.path.join(model_dir, f"eval_{split}.json"))
+    files.write_json(os.path.join(model_dir, f"eval_{split}.json"), result)
     return result
+
+
+# --- With the dense CRF -----------------------------------------------------------
+
+
+def _open_run(model_dir: str, split: str, data_dir: str | None, num_images: int | None):
+    """(network, run config, data_dir, dataset of the first num_images, image count)."""
+    network, config = load_network(model_dir)
+    data_dir = data_dir or config["data_dir"]
+    total = records.read_split_info(data_dir, split)["num_images"]
+    dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
+    if num_images is not None and num_images < total:
+        dataset, total = dataset.take(num_images), num_images
+    return network, config, data_dir, dataset, total
+
+
+def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | None = None,
+                          setting: crf_eval.CRFSetting = crf_eval.CRFSetting(),
+                          workers: int | None = None, chunk_size: int | None = None,
+                          masks_dir: str | None = None,
+                          start_method: str = crf_eval.START_METHOD) -> tuple[dict, dict]:
+    """Evaluates a run's newest checkpoint with and without the CRF (docs/evaluation.md).
+
+    The network runs once over the split; the CRF runs on every image in a
+    pool of `workers` processes (`kseg.crf.evaluate.evaluate_with_crf`).
+    Writes ``model_dir/eval_<split>.json`` and ``eval_<split>_crf.json`` (the
+    latter records the CRF setting under ``crf`` and as flag lines under
+    ``crf_flags``) and, with ``masks_dir``, the CRF masks as palette PNGs.
+    Returns (plain, crf) result dicts, each with split, data_dir, class_names.
+    """
+    network, config, data_dir, dataset, total = _open_run(model_dir, split, data_dir, None)
+    if masks_dir:
+        os.makedirs(masks_dir, exist_ok=True)
+    with Progress(total, f"network + crf on {split}") as bar:
+        def on_image(sample, prediction, crf_labels):
+            if masks_dir:
+                write_label_png(os.path.join(masks_dir, sample.image_id + ".png"), crf_labels)
+            bar.update()
+        plain, crf = crf_eval.evaluate_with_crf(
+            segment_lib.network_samples(network, dataset), network.output_shape[-1], setting,
+            workers, chunk_size, on_image, start_method)
+    for result in (plain, crf):
+        result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
+    crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags())
+    files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
+    files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)
+    return plain, crf
+
+
+def load_crf_samples(model_dir: str, split: str = "val", data_dir: str | None = None,
+                     num_images: int | None = 100) -> tuple[list, dict]:
+    """The network's probabilities on the first ``num_images`` images of a split,
+    kept in memory for the CRF search (about 16 MB per VOC image).
+
+    Returns (a list of kseg.crf.evaluate.CRFSample, the run config with
+    ``data_dir`` resolved)."""
+    network, config, data_dir, dataset, total = _open_run(model_dir, split, data_dir,
+                                                          num_images)
+    samples = []
+    with Progress(total, f"network on {split}") as bar:
+        for sample in segment_lib.network_samples(network, dataset):
+            samples.append(sample)
+            bar.update()
+    return samples, {**config, "data_dir": data_dir}

@@ -1,52 +1,36 @@
-"""DeepLab-v1 on VGG-16 with atrous convolution (DESIGN.md section 2).
+"""DeepLab-v1 on VGG-16 with atrous convolution (docs/network.md).
 
-The network maps an image batch (B, H, W, 3), mean-subtracted, to class
-scores (B, ceil(H/8), ceil(W/8), C) at output stride 8: a 321x321 crop gives a
-41x41 score map. Layer names follow `keras.applications.VGG16`
-(`block1_conv1` ... `block5_conv3`) so ImageNet weights map one to one.
+The network maps an image batch (B, H, W, 3), BGR minus the ImageNet mean
+(`preprocess`), to class scores (B, ceil(H/8), ceil(W/8), C) at output
+stride 8: a 321x321 crop gives a 41x41 score map. Layer names follow
+`keras.applications.VGG16` (`block1_conv1` ... `block5_conv3`) so ImageNet
+weights map one to one.
 
-Example:
-    net = build_deeplab(num_classes=21, fov="large")
-    net(np.zeros((1, 321, 321, 3), "float32")).shape  # (1, 41, 41, 21)
+Example (a 1/16-width network, quick to build):
+    >>> from kseg.config import ModelConfig
+    >>> net = build_deeplab(ModelConfig(num_classes=21, fov="large", width=0.0625))
+    >>> images = np.zeros((1, 321, 321, 3), np.uint8)  # RGB
+    >>> tuple(net(preprocess(images)).shape)
+    (1, 41, 41, 21)
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-CLASSIFIER = "fc8"
+from kseg.config import ModelConfig
+from kseg.constants import CLASSIFIER, FOVS, STRIDE
 
 # (block, number of 3x3 convs, channels at width 1) of VGG-16.
 _VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
-# Field of view: (fc6 kernel, fc6 dilation, fc6/fc7 channels at width 1).
-FOVS = {"large": (3, 12, 1024), "small": (4, 4, 4096)}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """What defines the network. `width` scales every channel count."""
-
-    num_classes: int = 21
-    fov: str = "large"
-    width: float = 1.0
-    dropout: float = 0.5
-
-    def __post_init__(self):
-        if self.fov not in FOVS:
-            raise ValueError(f"fov must be one of {sorted(FOVS)}, got {self.fov!r}")
-        if not 0 < self.width <= 1:
-            raise ValueError(f"width must be in (0, 1], got {self.width}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
-
 
 # DeepLab / Caffe VGG-16 input convention: BGR channel order minus the
-# ImageNet mean (DESIGN.md section 9); the Keras VGG-16 weights expect it too.
+# ImageNet mean (docs/departures.md); the Keras VGG-16 weights expect it too.
 MEAN_BGR = (104.008, 116.669, 122.675)
 INPUT_SCALE = 60.0  # rough std of mean-subtracted pixel values
 
@@ -54,7 +38,11 @@ INPUT_SCALE = 60.0  # rough std of mean-subtracted pixel values
 def preprocess(images: tf.Tensor) -> tf.Tensor:
     """(..., H, W, 3) uint8 RGB -> (..., H, W, 3) float32 BGR minus the mean.
 
-    A padded pixel of value 0 after this step is "the image mean"."""
+    A padded pixel of value 0 after this step is "the image mean".
+
+    >>> preprocess(np.array([[[255, 0, 0]]], np.uint8)).numpy()  # one red pixel
+    array([[[-104.008, -116.669,  132.325]]], dtype=float32)
+    """
     images = tf.cast(images, tf.float32)[..., ::-1]
     return images - tf.constant(MEAN_BGR, tf.float32)
 
@@ -73,8 +61,9 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
                   batch_norm: bool = False) -> keras.Model:
     """Builds DeepLab-VGG16 as a Keras functional model.
 
-    Input (B, H, W, 3) float32, mean-subtracted RGB; output (B, h, w, C)
-    float32 logits with h = ceil(H / 8), w = ceil(W / 8).
+    Input (B, H, W, 3) float32, BGR minus the ImageNet mean (`preprocess` of
+    uint8 RGB images); output (B, h, w, C) float32 logits with
+    h = ceil(H / 8), w = ceil(W / 8) (`score_map_size`).
 
     `batch_norm` puts a BatchNormalization (named `<conv>_bn`) between each of
     conv1-fc7 and its ReLU. DeepLab has none; only the stand-in pretraining
@@ -117,8 +106,12 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
 
 
 def score_map_size(size: int) -> int:
-    """Score-map side for an input side (three stride-2 'same' pools)."""
-    return -(-size // 8)
+    """Score-map side for an input side (three stride-2 'same' pools).
+
+    >>> score_map_size(321), score_map_size(129)
+    (41, 17)
+    """
+    return -(-size // STRIDE)
 
 
 # --- ImageNet initialisation by weight surgery --------------------------------
@@ -126,7 +119,7 @@ def score_map_size(size: int) -> int:
 
 def _fc_surgery(fc1_kernel: np.ndarray, fc2_kernel: np.ndarray, fc1_bias: np.ndarray,
                 fc2_bias: np.ndarray, fov: str):
-    """Turns VGG-16's fc1/fc2 into DeepLab's fc6/fc7 (DESIGN.md section 2).
+    """Turns VGG-16's fc1/fc2 into DeepLab's fc6/fc7 (docs/network.md).
 
     fc1_kernel (25088, 4096) is reshaped to (7, 7, 512, 4096) (Keras flattens
     channels-last), subsampled spatially to 3x3 (rows/cols 0, 3, 6) or 4x4
@@ -227,7 +220,6 @@ def initialise(net: keras.Model, fov: str, init: str) -> None:
     if init == "random":
         return
     if init != "imagenet":
-        import os
         if not os.path.isfile(init):
             raise FileNotFoundError(f"--init: no VGG-16 weights or backbone file at {init!r}")
         if init.endswith(".npz"):

@@ -1,81 +1,9 @@
 """Searches the dense-CRF parameters that maximise mIoU on held-out images.
 
-    python scripts/crf_search.py --model_dir=runs/strong [--split=val] [--num_images=100]
-        [--search=coordinate|grid] [--bi_w_values=3,4,5] ... [--workers=N]
-    python scripts/evaluate.py --model_dir=runs/strong --crf --flagfile=runs/strong/crf_best.cfg
-
-The network runs once over the first --num_images images of --split and its
-probabilities are kept; every CRF setting then runs on them over a pool of
---workers processes. The coordinate search starts from the --crf_* values
-and tries every value of one parameter at a time (the *_values lists; an
-empty list keeps that parameter fixed); --search=grid tries every
-combination. Prints the table of settings tried and writes the best as a
-flagfile fragment (--output, default DIR/crf_best.cfg) and every row to
-DIR/crf_search_<split>.json. Position stds are in pixels of a
---crf_reference_size image (see scripts/evaluate.py).
+Usage and flags: kseg/cli/crf_search.py, or --helpfull.
 """
 
-import json
-import os
-
-from absl import app, flags
-
-# Light modules only: the pool's 'spawn' workers re-import this script.
-from kseg import crf_eval
-
-flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-flags.DEFINE_string("split", "val", "Prepared split holding the held-out images.")
-flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
-flags.DEFINE_integer("num_images", 100, "Held-out images: the first N of --split.")
-flags.DEFINE_enum("search", "coordinate", list(crf_eval.SEARCH_METHODS),
-                  "Coordinate search (one parameter at a time) or the full grid.")
-flags.DEFINE_integer("rounds", 2, "Passes of the coordinate search.")
-flags.DEFINE_integer("workers", None, "CRF processes (default: all cores).")
-flags.DEFINE_string("output", None, "Flagfile fragment for the best setting "
-                    "(default DIR/crf_best.cfg).")
-for _name, _values in crf_eval.DEFAULT_GRID.items():
-    flags.DEFINE_list(f"{_name}_values", [f"{v:g}" for v in _values],
-                      f"Values of {_name} to try (empty: keep --crf_{_name}).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, "Start of the search: " + _help)
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    grid = {}
-    for name in crf_eval.DEFAULT_GRID:
-        try:
-            grid[name] = [float(v) for v in getattr(FLAGS, f"{name}_values")]
-        except ValueError:
-            raise app.UsageError(f"--{name}_values: expected numbers, got "
-                                 f"{getattr(FLAGS, f'{name}_values')}") from None
-    start = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
-    samples, config = crf_eval.load_samples(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir,
-                                            FLAGS.num_images)
-    search = crf_eval.search_crf(samples, len(config["class_names"]), start, grid,
-                                 FLAGS.search, FLAGS.rounds, FLAGS.workers, log=print)
-    print(crf_eval.format_search_table(search))
-
-    best, result = search["best"], search["best_result"]
-    summary = (f"mIoU {100 * result['miou']:.2f}% on the first {len(samples)} images of "
-               f"{FLAGS.split} (start {100 * search['start_result']['miou']:.2f}%, no CRF "
-               f"{100 * search['no_crf']['miou']:.2f}%)")
-    output = FLAGS.output or os.path.join(FLAGS.model_dir, "crf_best.cfg")
-    crf_eval.write_flagfile(output, best, [
-        f"Dense-CRF parameters from scripts/crf_search.py ({FLAGS.search} search) for "
-        f"{FLAGS.model_dir}:", summary,
-        "Position stds are in pixels of a --crf_reference_size image."])
-    record = os.path.join(FLAGS.model_dir, f"crf_search_{FLAGS.split}.json")
-    with open(record, "w") as f:
-        json.dump({"split": FLAGS.split, "data_dir": config["data_dir"],
-                   "num_images": len(samples), "search": FLAGS.search,
-                   "best": best.as_dict(), "best_miou": result["miou"],
-                   "no_crf_miou": search["no_crf"]["miou"], "tried": search["tried"]},
-                  f, indent=1)
-    print(f"best: {' '.join(best.to_flags())}\n{summary}\nwrote {output} and {record}")
-
+from kseg.cli import crf_search
 
 if __name__ == "__main__":
-    app.run(main)
+    crf_search.run()

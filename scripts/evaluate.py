@@ -1,83 +1,9 @@
 """Evaluates a training run's newest checkpoint on a prepared split.
 
-    python scripts/evaluate.py --model_dir=runs/strong [--split=val] [--masks_dir=DIR]
-    python scripts/evaluate.py --model_dir=runs/strong --crf [--workers=N]
-        [--flagfile=runs/strong/crf_best.cfg]   # parameters from scripts/crf_search.py
-
-Prints the per-class IoU table and writes DIR/eval_<split>.json (miou,
-pixel_accuracy as fractions, per_class_iou, the confusion matrix). With
---crf the network runs once, the dense CRF runs on every image in a pool of
---workers processes, the table shows IoU without and with the CRF side by
-side, and DIR/eval_<split>_crf.json is written too, recording the CRF
-parameters under "crf" (and as flag lines under "crf_flags").
-
-CRF parameters default to DeepLab-v1's LargeFOV values (bilateral 4 / 121 / 5,
-Gaussian 3 / 3, 10 iterations); the position stds are in pixels of a
---crf_reference_size (500) image and each image scales them by its long
-side / 500, as kseg.crf.CRFParams.for_image_size does, so they fit VOC as
-published and the 128-px embedded images scaled down.
+Usage and flags: kseg/cli/evaluate.py (installed as the `kseg-evaluate` command too), or --helpfull.
 """
 
-import os
-
-from absl import app, flags
-
-# Only light modules at the top: the CRF pool's workers are started with
-# 'spawn' and re-import this script, and should not load TensorFlow for it.
-from kseg import crf_eval
-from kseg.data import palette
-from kseg.progress import Progress
-
-flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-flags.DEFINE_string("split", "val", "Prepared split to evaluate.")
-flags.DEFINE_string("data_dir", None, "Prepared records (default: the run's).")
-flags.DEFINE_string("masks_dir", None, "If set, write predicted masks as VOC-palette PNGs "
-                    "here (with --crf: the CRF's).")
-flags.DEFINE_bool("crf", False, "Also score the dense-CRF post-processed predictions.")
-flags.DEFINE_integer("workers", None, "CRF processes (default: all cores; 1: no pool).")
-flags.DEFINE_integer("crf_chunk", None, "Images whose probabilities are held at once "
-                     f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, _help)
-FLAGS = flags.FLAGS
-
-
-def evaluate_plain():
-    from kseg import evaluate, experiment  # TensorFlow: see the imports above
-    if FLAGS.masks_dir:
-        os.makedirs(FLAGS.masks_dir, exist_ok=True)
-    progress = Progress(total=None, desc=f"evaluating {FLAGS.split}")
-
-    def on_image(image_id, image, probs, prediction):
-        if FLAGS.masks_dir:
-            palette.write_label_png(os.path.join(FLAGS.masks_dir, image_id + ".png"), prediction)
-        progress.update()
-
-    with progress:
-        result = experiment.evaluate_run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, on_image)
-    print(evaluate.format_table(result, result["class_names"]))
-    print(f"wrote {os.path.join(FLAGS.model_dir, f'eval_{FLAGS.split}.json')}")
-
-
-def evaluate_crf():
-    setting = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict())
-    plain, crf = crf_eval.evaluate_run_with_crf(
-        FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, setting, FLAGS.workers,
-        FLAGS.crf_chunk, FLAGS.masks_dir)
-    print(crf_eval.format_side_by_side(plain, crf, plain["class_names"]))
-    print("CRF: " + " ".join(setting.to_flags()))
-    for name in (f"eval_{FLAGS.split}.json", f"eval_{FLAGS.split}_crf.json"):
-        print(f"wrote {os.path.join(FLAGS.model_dir, name)}")
-
-
-def main(argv):
-    del argv
-    if FLAGS.crf:
-        evaluate_crf()
-    else:
-        evaluate_plain()
-
+from kseg.cli import evaluate
 
 if __name__ == "__main__":
-    app.run(main)
+    evaluate.run()

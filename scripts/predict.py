@@ -1,54 +1,9 @@
 """Segments image files with a training run or an exported SavedModel.
 
-    python scripts/predict.py --model_dir=runs/strong --input=photos/ --output=out/ [--crf]
-    python scripts/predict.py --saved_model=exports/strong/1 --input='photos/*.jpg' --output=out/
-
---input is a folder, a .txt list of paths, a glob pattern or one image. For
-each image NAME the output folder gets NAME.png (labels as a VOC-palette PNG)
-and NAME_overlay.jpg (the image | the image with the label colours blended).
-Unreadable images are skipped with a message naming the file. --crf adds
-the dense CRF (parameters: --crf_* flags, stds for a --crf_reference_size
-image, scaled to each image).
+Usage and flags: kseg/cli/predict.py (installed as the `kseg-predict` command too), or --helpfull.
 """
 
-import sys
-
-from absl import app, flags
-
-from kseg import crf_eval, predict
-
-flags.DEFINE_string("model_dir", None, "Training run directory (its newest checkpoint).")
-flags.DEFINE_string("saved_model", None, "SavedModel directory (scripts/export.py).")
-flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
-flags.DEFINE_string("input", None, "Folder, .txt list, glob pattern or image file.",
-                    required=True)
-flags.DEFINE_string("output", None, "Output folder (created if missing).", required=True)
-flags.DEFINE_bool("crf", False, "Post-process with the dense CRF.")
-flags.DEFINE_integer("crf_workers", 0, "CRF processes (0: one per core).")
-for _name, _default, _help in crf_eval.crf_flag_specs():
-    (flags.DEFINE_integer if isinstance(_default, int) else flags.DEFINE_float)(
-        _name, _default, _help)
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    try:
-        paths = predict.list_images(FLAGS.input)
-        if FLAGS.saved_model:
-            predictor = predict.SavedModelPredictor(FLAGS.saved_model)
-        else:
-            predictor = predict.KerasPredictor.from_run(FLAGS.model_dir)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    setting = crf_eval.CRFSetting.from_dict(FLAGS.flag_values_dict()) if FLAGS.crf else None
-    summary = predict.predict_images(paths, predictor, FLAGS.output, setting,
-                                     FLAGS.crf_workers or None)
-    print(f"wrote {len(summary.written)} label PNGs and overlays to {summary.output_dir}"
-          + (f"; skipped {len(summary.skipped)} unreadable" if summary.skipped else ""))
-    if not summary.written:
-        sys.exit(1)
-
+from kseg.cli import predict
 
 if __name__ == "__main__":
-    app.run(main)
+    predict.run()

@@ -1,56 +1,9 @@
 """Trains DeepLab with strong, weak or mixed supervision.
 
-    python scripts/train.py --flagfile=flags/bbox_em.cfg [--model_dir=DIR] [--strategy=mirrored]
-
-Running the same command again resumes from the newest checkpoint in DIR
-(also after a SIGKILL). SIGTERM or Ctrl-C writes a checkpoint and exits with
-status 128 + the signal number (143, 130); a second Ctrl-C quits at once.
-
-Several machines: start the same command on each with --strategy=multi_worker
-and TF_CONFIG naming the cluster and this machine's task, e.g.
-
-    TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
-                "task": {"type": "worker", "index": 0}}'
-
---model_dir must be on a file system all workers see (worker 0 writes it).
+Usage and flags: kseg/cli/train.py (installed as the `kseg-train` command too), or --helpfull.
 """
 
-import os
-import sys
-
-from absl import app, flags
-
-import common_flags
-from kseg import experiment, train_lib
-
-FLAGS = flags.FLAGS
-common_flags.define_train_flags()
-
-
-def default_model_dir() -> str:
-    """runs/<name of the last --flagfile>, as DESIGN.md section 8 says."""
-    names = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--flagfile=")]
-    return os.path.join("runs", os.path.splitext(os.path.basename(names[-1]))[0]
-                        if names else "default")
-
-
-def main(argv):
-    del argv
-    # Multi-worker strategies must exist before TensorFlow runs any op.
-    strategy = train_lib.make_strategy(FLAGS.strategy)
-    model_dir = FLAGS.model_dir or default_model_dir()
-    os.makedirs(model_dir, exist_ok=True)
-    if train_lib.is_chief(strategy):
-        with open(os.path.join(model_dir, "flags.txt"), "w") as f:
-            f.write(FLAGS.flags_into_string())
-    exp = common_flags.experiment_from_flags(model_dir)
-    try:
-        experiment.run_training(exp, strategy=strategy)
-    except train_lib.TrainingInterrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(e.exit_code)
-    print(f"done: {model_dir}")
-
+from kseg.cli import train
 
 if __name__ == "__main__":
-    app.run(main)
+    train.run()

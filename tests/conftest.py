@@ -4,9 +4,18 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
 
 from kseg.data import embedded, prepare  # noqa: E402
+
+
+@pytest.fixture
+def absl_logs(caplog):
+    """caplog recording what kseg logs through absl.logging, from INFO up."""
+    caplog.set_level(logging.INFO, logger="absl")
+    return caplog
 
 
 @pytest.fixture(scope="session")

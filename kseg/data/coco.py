@@ -36,10 +36,9 @@ import os
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from kseg.constants import IGNORE_LABEL
 from kseg.data import voc
 from kseg.data.errors import DataError
-
-IGNORE_LABEL = 255
 
 # The 80 categories of COCO 2014/2017 instances: (category id, name).
 COCO_CATEGORIES = (

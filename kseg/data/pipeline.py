@@ -1,4 +1,4 @@
-"""The tf.data input pipeline: shards -> decoded, augmented, batched examples (DESIGN.md section 5).
+"""The tf.data input pipeline: shards -> decoded, augmented, batched examples (docs/data.md).
 
 One path for every supervision kind: a `Stream` names the shards, the kind
 of supervision its examples train with and how many of them go in each
@@ -12,7 +12,7 @@ number of each (the semi-supervised mix). Every batch element is a dict:
 | valid | (B, h, w) bool | False on crop padding |
 | image_labels | (B, C) float32 | multi-hot image-level labels, background = 0 |
 | box_mask | (B, h, w, C) bool | inside a box of class c |
-| kind | (B,) int32 | supervision kind (`kseg.targets.KINDS`) |
+| kind | (B,) int32 | supervision kind (`kseg.constants.KINDS`) |
 | label_space | (B, C) bool | the model labels of the example's dataset (Cross-Joint) |
 
 with S the crop size and h = w = ceil(S / 8).
@@ -25,11 +25,11 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from kseg import estep, targets
-from kseg.data.records import IGNORE_LABEL, parse_example
+from kseg.config import InputConfig
+from kseg.constants import IGNORE_LABEL, LABEL_SOURCE, STRIDE
+from kseg.data.records import parse_example
+from kseg.em import estep, targets
 from kseg.model import preprocess, score_map_size
-
-STRIDE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +55,6 @@ class Stream:
             raise ValueError(f"per_batch must be >= 1, got {self.per_batch}")
         if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
             raise ValueError(f"label_map must map labels one to one, got {self.label_map}")
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-    """Augmentation and decoding settings of the training input."""
-
-    num_classes: int
-    crop_size: int = 321
-    flip: bool = True
-    image_labels_from: str = "image"  # "image" (the paper) or "crop" (released code).
-    shuffle_buffer: int = 1000
-    seed: int | None = None
-
-    def __post_init__(self):
-        if self.image_labels_from not in ("image", "crop"):
-            raise ValueError("image_labels_from must be 'image' or 'crop', "
-                             f"got {self.image_labels_from!r}")
-        if self.crop_size < STRIDE:
-            raise ValueError(f"crop_size must be >= {STRIDE}, got {self.crop_size}")
 
 
 def multi_hot(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
@@ -150,7 +131,7 @@ def training_example(features: dict, seed: tf.Tensor, kind: str, config: InputCo
         image_labels = multi_hot(present, config.num_classes)
     else:
         image_labels = multi_hot(features["image_labels"], config.num_classes)
-    source = targets.LABEL_SOURCE[kind]
+    source = LABEL_SOURCE[kind]
     if source == "boxes":
         label = estep.bbox_rect(grid_boxes, crop["box_classes"], size, size)
     if source is None:

@@ -29,13 +29,13 @@ import dataclasses
 import math
 import os
 import re
-import sys
 import time
 from typing import Callable, Sequence
 
 import numpy as np
+from absl import logging
 
-from kseg.data import coco, embedded, records, sbd, voc
+from kseg.data import coco, embedded, embedded_coco, records, sbd, voc
 from kseg.data.errors import DataError
 
 EMBEDDED = "embedded"
@@ -50,10 +50,6 @@ IMAGE_REENCODED = "images re-encoded as PNG (not an RGB/grey JPEG or PNG)"
 ORPHAN_ANNOTATIONS = "annotations of images the JSON does not list, ignored"
 
 IMAGES_PER_SHARD = 1000
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -145,7 +141,7 @@ def _num_shards(num_shards: int | None, num_images: int, images_per_shard: int) 
 
 def _write(ids: Sequence[str], load: Callable[[str, collections.Counter], records.Record],
            out_dir: str, split: str, class_names: Sequence[str], num_shards: int,
-           strict: bool, log: Callable[[str], None],
+           strict: bool,
            rejected: Sequence[tuple[str, str]] = (),
            repairs: collections.Counter | None = None) -> PrepareSummary:
     """write_split with the reader's repairs counted and the ids rejected
@@ -153,15 +149,14 @@ def _write(ids: Sequence[str], load: Callable[[str, collections.Counter], record
     if strict and rejected:
         raise DataError(rejected[0][1])
     for image_id, why in rejected:
-        log(f"skipping {image_id}: {why}")
+        logging.warning(f"skipping {image_id}: {why}")
     repairs = collections.Counter() if repairs is None else repairs
     written = records.write_split(ids, lambda image_id: load(image_id, repairs), out_dir,
-                                  split, class_names, num_shards=num_shards, strict=strict,
-                                  log=log)
+                                  split, class_names, num_shards=num_shards, strict=strict)
     summary = PrepareSummary(written=written.written,
                              skipped=list(rejected) + written.skipped,
                              shards_reused=written.shards_reused, repairs=repairs)
-    log(f"{split}: {summary}")
+    logging.info(f"{split}: {summary}")
     with open(os.path.join(out_dir, f"{split}.prepare.log"), "a", encoding="utf-8") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {split}: {summary}\n")
     return summary
@@ -176,7 +171,6 @@ def _list_ids(path: str, what: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 def prepare_voc_layout(root: str, out_dir: str, splits: Sequence[str], class_names: Sequence[str],
                        num_shards: int = 4, strict: bool = False,
-                       log: Callable[[str], None] = _stderr,
                        dataset: int = VOC_DATASET) -> dict[str, PrepareSummary]:
     """Writes every split of a VOC-layout directory; returns {split: PrepareSummary}."""
     summaries = {}
@@ -185,14 +179,13 @@ def prepare_voc_layout(root: str, out_dir: str, splits: Sequence[str], class_nam
         summaries[split] = _write(
             ids, lambda i, repairs: voc_record(root, i, class_names, dataset=dataset,
                                                repairs=repairs),
-            out_dir, split, class_names, num_shards, strict, log, rejected)
+            out_dir, split, class_names, num_shards, strict, rejected)
     return summaries
 
 
 def prepare_voc(voc_root: str, out_dir: str, sbd_root: str | None = None,
                 splits: Sequence[str] | None = None, num_shards: int | None = None,
-                images_per_shard: int = IMAGES_PER_SHARD, strict: bool = False,
-                log: Callable[[str], None] = _stderr) -> dict[str, PrepareSummary]:
+                images_per_shard: int = IMAGES_PER_SHARD, strict: bool = False) -> dict[str, PrepareSummary]:
     """PASCAL VOC 2012 (+ SBD's augmented set) -> records of train, val, train_aug.
 
     Args:
@@ -232,9 +225,9 @@ def prepare_voc(voc_root: str, out_dir: str, sbd_root: str | None = None,
                     f"{sbd_root or voc_root}: no {sbd.AUG_DIRNAME}/ directory; "
                     "train_aug needs the augmented set's label PNGs (--sbd_root)")
             aug = sbd.train_aug_ids(voc_root, sbd_root)
-            log(f"train_aug: {len(aug.ids)} images, list {aug.source}, masks {aug_dir}")
+            logging.info(f"train_aug: {len(aug.ids)} images, list {aug.source}, masks {aug_dir}")
             if len(aug.ids) != sbd.TRAIN_AUG_SIZE:
-                log(f"note: the paper's train_aug has {sbd.TRAIN_AUG_SIZE} images, "
+                logging.info(f"note: the paper's train_aug has {sbd.TRAIN_AUG_SIZE} images, "
                     f"this one {len(aug.ids)}")
             ids = aug.ids
             rejected = [(i, f"{aug.source}: id {i!r} listed more than once; the first "
@@ -254,7 +247,7 @@ def prepare_voc(voc_root: str, out_dir: str, sbd_root: str | None = None,
                 return voc_record(voc_root, image_id, classes, repairs=repairs)
         summaries[split] = _write(
             ids, load, out_dir, split, classes,
-            _num_shards(num_shards, len(ids), images_per_shard), strict, log, rejected)
+            _num_shards(num_shards, len(ids), images_per_shard), strict, rejected)
     return summaries
 
 
@@ -267,8 +260,7 @@ def prepare_coco(coco_root: str, out_dir: str, coco_split: str = "train2014",
                  record_split: str | None = None,
                  categories: Sequence[tuple[int, str]] | None = coco.COCO_CATEGORIES,
                  dataset: int = COCO_DATASET, num_shards: int | None = None,
-                 images_per_shard: int = IMAGES_PER_SHARD, strict: bool = False,
-                 log: Callable[[str], None] = _stderr) -> PrepareSummary:
+                 images_per_shard: int = IMAGES_PER_SHARD, strict: bool = False) -> PrepareSummary:
     """MS-COCO instances (<root>/annotations/instances_<split>.json and
     <root>/<split>/) -> records of one split (see kseg/data/coco.py).
 
@@ -293,7 +285,7 @@ def prepare_coco(coco_root: str, out_dir: str, coco_split: str = "train2014",
     if not ids:
         raise DataError(f"{json_path}: lists no usable image")
     split = record_split or default_record_split(coco_split)
-    log(f"{split}: {len(ids)} images from {json_path}")
+    logging.info(f"{split}: {len(ids)} images from {json_path}")
     repairs = collections.Counter({ORPHAN_ANNOTATIONS: index.orphan_annotations})
 
     def load(image_id, repairs):
@@ -304,7 +296,7 @@ def prepare_coco(coco_root: str, out_dir: str, coco_split: str = "train2014",
                        image_labels=example.image_labels)
 
     return _write(ids, load, out_dir, split, index.classes,
-                  _num_shards(num_shards, len(ids), images_per_shard), strict, log,
+                  _num_shards(num_shards, len(ids), images_per_shard), strict,
                   index.rejected, repairs)
 
 
@@ -324,12 +316,12 @@ def ensure_embedded_records(cache_dir: str | None = None, num_shards: int = 4) -
 def ensure_embedded_coco_records(cache_dir: str | None = None, num_shards: int = 4,
                                  **generate_kwargs) -> str:
     """The records directory (splits train and val, dataset id COCO_DATASET,
-    classes embedded.EMBEDDED_COCO_CLASSES) of the embedded COCO-like
+    classes embedded_coco.EMBEDDED_COCO_CLASSES) of the embedded COCO-like
     companion, generated and converted on first use. Returns the path."""
-    root = embedded.ensure_embedded_coco(cache_dir, **generate_kwargs)
+    root = embedded_coco.ensure_embedded_coco(cache_dir, **generate_kwargs)
     out_dir = os.path.join(root, "records")
     for split in ("train", "val"):
         if not os.path.isfile(os.path.join(out_dir, f"{split}.json")):
-            prepare_coco(root, out_dir, split, categories=embedded.EMBEDDED_COCO_CATEGORIES,
+            prepare_coco(root, out_dir, split, categories=embedded_coco.EMBEDDED_COCO_CATEGORIES,
                          dataset=COCO_DATASET, num_shards=num_shards, strict=True)
     return out_dir

@@ -1,4 +1,4 @@
-"""The one on-disk format: sharded TFRecords of `tf.train.Example` (DESIGN.md section 5).
+"""The one on-disk format: sharded TFRecords of `tf.train.Example` (docs/data.md).
 
 Every record holds the encoded image and whichever annotations exist; which
 of them a run trains on (pixels, image labels, boxes) is chosen per example
@@ -27,16 +27,16 @@ import dataclasses
 import io
 import json
 import os
-import sys
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from PIL import Image
 
+from kseg.constants import IGNORE_LABEL
 from kseg.data.errors import DataError
-
-IGNORE_LABEL = 255
+from kseg.utils import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +125,18 @@ FEATURES = {
 }
 
 
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG, PNG, BMP or GIF bytes -> (H, W, 3) uint8 RGB.
+
+    JPEGs are decoded with libjpeg's accurate integer DCT, as PIL, OpenCV and
+    Caffe decode them: TensorFlow's default fast DCT differs from that by a
+    few grey levels (docs/departures.md)."""
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+
+
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """A serialised Example -> decoded tensors (pure; used inside tf.data.map).
 
@@ -133,7 +145,7 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     boxes (N, 4) float32, box_classes (N,) int32, dataset int32, id string.
     """
     f = tf.io.parse_single_example(serialized, FEATURES)
-    image = tf.io.decode_image(f["image/encoded"], channels=3, expand_animations=False)
+    image = decode_rgb(f["image/encoded"])  # (H, W, 3) uint8
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     has_label = tf.strings.length(f["label/encoded"]) > 0
     label = tf.cond(
@@ -212,8 +224,8 @@ class WriteSummary:
 
 
 def write_split(ids: Sequence[str], load: Callable[[str], Record], out_dir: str, split: str,
-                class_names: Sequence[str], num_shards: int = 4, strict: bool = False,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> WriteSummary:
+                class_names: Sequence[str], num_shards: int = 4,
+                strict: bool = False) -> WriteSummary:
     """Converts the examples `ids` of a split into sharded TFRecords.
 
     `load(id)` returns a Record or raises DataError naming the bad file: with
@@ -239,36 +251,28 @@ def write_split(ids: Sequence[str], load: Callable[[str], Record], out_dir: str,
                 kept_ids += f.read().split()
             summary.shards_reused += 1
             continue
-        tmp = path + ".tmp"
         written: list[str] = []
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for image_id in shard_ids:
-                try:
-                    record = load(image_id)
-                except DataError as e:
-                    if strict:
-                        raise
-                    summary.skipped.append((image_id, str(e)))
-                    log(f"skipping {image_id}: {e}")
-                    continue
-                writer.write(to_example(record))
-                written.append(image_id)
-        _atomic_write_text(done_path, "\n".join(written) + "\n")
-        os.replace(tmp, path)
+        with files.atomic_path(path) as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for image_id in shard_ids:
+                    try:
+                        record = load(image_id)
+                    except DataError as e:
+                        if strict:
+                            raise
+                        summary.skipped.append((image_id, str(e)))
+                        logging.warning(f"skipping {image_id}: {e}")
+                        continue
+                    writer.write(to_example(record))
+                    written.append(image_id)
+            files.write_text(done_path, "\n".join(written) + "\n")
         kept_ids += written
         summary.written += len(written)
-        log(f"{split}: shard {index + 1}/{num_shards} written ({len(written)} images)")
+        logging.info(f"{split}: shard {index + 1}/{num_shards} written ({len(written)} images)")
     info = {"split": split, "class_names": list(class_names), "num_classes": len(class_names),
             "num_images": len(kept_ids), "num_shards": num_shards, "ids": sorted(kept_ids)}
-    _atomic_write_text(os.path.join(out_dir, f"{split}.json"), json.dumps(info, indent=1))
+    files.write_json(os.path.join(out_dir, f"{split}.json"), info)
     return summary
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def iterate_split(out_dir: str, split: str) -> Iterable[Record]:

@@ -79,9 +79,9 @@ def _shape_mask(shape, dy, dx, size, rng):
     """Boolean (S, S) mask of a shape of extent `size` centred at the origin of
     the pixel offsets (dy, dx), randomly rotated where the shape allows."""
     if shape in SEGMENTATION_SHAPES:
-        return embedded._shape_mask(SEGMENTATION_SHAPES.index(shape) + 1, dy, dx, size, rng)
+        return embedded.shape_mask(SEGMENTATION_SHAPES.index(shape) + 1, dy, dx, size, rng)
     half = size / 2.0
-    u, v = embedded._rotate(dy, dx, rng.uniform(0, 2 * np.pi))
+    u, v = embedded.rotate(dy, dx, rng.uniform(0, 2 * np.pi))
     r = np.sqrt(u * u + v * v)
     if shape == "star":  # five points, inner radius 0.45
         theta = np.arctan2(u, v)
@@ -115,8 +115,8 @@ def _shape_mask(shape, dy, dx, size, rng):
 def _texture(texture, dy, dx, scale, rng):
     """Binary (S, S) texture pattern with random phase and orientation."""
     if texture in SEGMENTATION_TEXTURES:
-        return embedded._texture(SEGMENTATION_TEXTURES.index(texture) + 1, dy, dx, scale, rng)
-    u, v = embedded._rotate(dy, dx, rng.uniform(0, np.pi))
+        return embedded.texture(SEGMENTATION_TEXTURES.index(texture) + 1, dy, dx, scale, rng)
+    u, v = embedded.rotate(dy, dx, rng.uniform(0, np.pi))
     u = u + rng.uniform(0, scale)
     v = v + rng.uniform(0, scale)
     if texture == "waves":
@@ -147,8 +147,8 @@ def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarra
       label: int, the class of the dominant object (index into CLASSES).
     """
     s = image_size
-    image = embedded._background(rng, s)
-    yy, xx = embedded._grid(s)
+    image = embedded.background(rng, s)
+    yy, xx = embedded.grid(s)
     scales = np.array([6.0, 9.0]) * max(s / 128.0, 0.5)
     label = int(rng.integers(len(CLASSES)))
     objects = [(label, rng.uniform(0.4, 0.75) * s)]
@@ -164,7 +164,7 @@ def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarra
         shape, texture = CLASSES[cls]
         mask = _shape_mask(shape, dy, dx, size, rng)
         pattern = _texture(texture, dy, dx, rng.choice(scales), rng)
-        colours = embedded._colour_pair(rng)
+        colours = embedded.colour_pair(rng)
         image[mask] = np.where(pattern[mask][:, None], colours[0], colours[1])
     image += 6 * rng.standard_normal(size=image.shape, dtype=np.float32)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
@@ -195,9 +195,9 @@ def generate(root: str, num_train: int = 8000, num_val: int = 1000, image_size: 
 def ensure_standin(cache_dir: str | None = None, **generate_kwargs) -> str:
     """The root of the stand-in set, generated on first use (atomically, like
     `kseg.data.embedded.ensure_embedded`; the name hashes the arguments)."""
-    kwargs = embedded._complete_kwargs(GENERATE_DEFAULTS, generate_kwargs, "generate")
-    name = embedded._dataset_name(kwargs, prefix="standin", version=FORMAT_VERSION)
-    return embedded._ensure_generated(cache_dir, name, "ImageNet stand-in set", generate, kwargs)
+    kwargs = embedded.complete_kwargs(GENERATE_DEFAULTS, generate_kwargs, "generate")
+    name = embedded.dataset_name(kwargs, prefix="standin", version=FORMAT_VERSION)
+    return embedded.ensure_generated(cache_dir, name, "ImageNet stand-in set", generate, kwargs)
 
 
 def load_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,10 +23,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from kseg.constants import IGNORE_LABEL
 from kseg.data.errors import DataError
 from kseg.data.palette import read_label_png
-
-IGNORE_LABEL = 255
 
 # The 21 class names of PASCAL VOC 2012, in label order.
 VOC_CLASSES = (

@@ -1,0 +1,3 @@
+"""Training: the Keras model with the EM step (`trainer`), the loop around it (`loop`),
+checkpoints and run files (`checkpoints`), distribution (`distribute`) and
+TensorBoard summaries (`summaries`)."""

@@ -20,38 +20,20 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-import tempfile
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from kseg import model as model_lib
+from kseg.config import PretrainConfig
 from kseg.data import standin
+from kseg.utils import files
 
 # Bump when the pretraining recipe changes, so cached backbones are rebuilt.
 RECIPE_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """How the stand-in classifier is trained. The network's width and FOV
-    must be those of the segmentation runs that load it."""
-
-    width: float = 0.125
-    fov: str = "large"
-    dropout: float = 0.2
-    num_steps: int = 1200
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    lr_decay_steps: int = 900  # x0.1 after this many steps
-    seed: int = 0
-    # The stand-in set (kseg.data.standin.generate arguments).
-    num_train: int = 8000
-    num_val: int = 1000
-    image_size: int = 128
 
 
 def classifier(config: PretrainConfig, num_classes: int) -> tuple[keras.Model, keras.Model]:
@@ -86,7 +68,7 @@ def pretrain(config: PretrainConfig, data_root: str, log=None) -> tuple[dict, fl
     """Trains the stand-in classifier; returns (backbone weights, val top-1).
 
     The backbone weights are {layer name: [kernel, bias]} of conv1-fc7."""
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    log = log or logging.info
     keras.utils.set_random_seed(config.seed)
     train_images, train_labels = standin.load_split(data_root, "train")
     val_images, val_labels = standin.load_split(data_root, "val")
@@ -128,17 +110,12 @@ def backbone_path(config: PretrainConfig, cache_dir: str | None = None) -> str:
 
 def save_backbone(path: str, weights: dict, info: dict) -> None:
     """Writes {layer: [kernel, bias]} as `path` (npz) and `info` as
-    `path`.json, each atomically (a temporary file renamed into place)."""
+    `path`.json, each atomically."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     arrays = {f"{name}/{i}": w for name, ws in weights.items() for i, w in enumerate(ws)}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, path + ".json")
+    files.write_json(path + ".json", info)
 
 
 def ensure_backbone(config: PretrainConfig, cache_dir: str | None = None, log=None) -> str:
@@ -146,7 +123,7 @@ def ensure_backbone(config: PretrainConfig, cache_dir: str | None = None, log=No
     path = backbone_path(config, cache_dir)
     if os.path.isfile(path) and os.path.isfile(path + ".json"):
         return path
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    log = log or logging.info
     log(f"pretraining the backbone on the ImageNet stand-in (once; cached as {path})")
     root = standin.ensure_standin(cache_dir, num_train=config.num_train,
                                   num_val=config.num_val, image_size=config.image_size)

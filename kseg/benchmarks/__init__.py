@@ -1,0 +1,1 @@
+"""Throughput measurements behind BENCHMARKS.md (run by scripts/benchmark.py)."""

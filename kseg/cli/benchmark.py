@@ -1,0 +1,145 @@
+"""Measures what BENCHMARKS.md reports, on this machine, as ratios where it can.
+
+    python scripts/benchmark.py --what=pipeline,estep [--estep_width=0.5]
+
+pipeline: input-pipeline images/s against the model's training images/s at
+  the same batch and crop (the embedded strong.cfg setting).
+decode: JPEG decoding images/s with the accurate DCT the pipeline uses against
+  TensorFlow's default.
+estep: training-step time of each E-step kind relative to a strong step on
+  the same batch, at 321x321 crops.
+crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
+serving: SavedModel inference images/s against the Keras model's, 500x375.
+"""
+
+import contextlib
+import io
+import os
+import sys
+
+from absl import flags
+
+from kseg.benchmarks import training as benchmark
+from kseg.cli import app as cli_app
+from kseg.config import InputConfig, ModelConfig
+from kseg.data import pipeline, prepare, records
+from kseg.utils import files
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "serving"],
+                      "Which measurements to run.")
+    flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
+    flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
+    flags.DEFINE_integer("serving_rounds", 5, "Rounds of the serving comparison (median).")
+    flags.DEFINE_integer("batch_size", 10, "Batch of the pipeline/training comparison.")
+    flags.DEFINE_integer("crop_size", 129, "Crop of the pipeline/training comparison.")
+    flags.DEFINE_float("width", 0.125, "Model width of the pipeline/training comparison.")
+    flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
+    flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
+    flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
+    flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+    flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
+    flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
+                        "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
+
+
+def bench_pipeline():
+    data_dir = prepare.ensure_embedded_records()
+    num_classes = records.read_split_info(data_dir, "train")["num_classes"]
+    config = InputConfig(num_classes=num_classes, crop_size=FLAGS.crop_size)
+    pattern = records.split_pattern(data_dir, "train")
+    streams = [pipeline.Stream(pattern, "bbox_em_fixed", FLAGS.batch_size)]
+    feed = benchmark.pipeline_images_per_second(streams, config)
+    trainer = benchmark.make_trainer(ModelConfig(num_classes, width=FLAGS.width))
+    batch = next(iter(pipeline.train_dataset(streams, config)))
+    step = benchmark.train_step_seconds(trainer, {"train": batch})["train"]
+    train = FLAGS.batch_size / step
+    print(f"pipeline: {feed:.1f} images/s (crop {FLAGS.crop_size}, flip, box masks, batch "
+          f"{FLAGS.batch_size}); training: {train:.1f} images/s (width {FLAGS.width}); "
+          f"ratio pipeline/training = {feed / train:.1f}")
+
+
+def bench_decode():
+    data_dir = prepare.ensure_embedded_records()
+    encoded = [r.image_encoded for r, _ in zip(records.iterate_split(data_dir, "train"),
+                                               range(FLAGS.decode_images))]
+    times = benchmark.jpeg_decode_seconds(encoded)
+    print(f"JPEG decoding of {len(encoded)} embedded images (median of 9): TensorFlow's default "
+          f"DCT {len(encoded) / times['default']:.0f} images/s, the accurate DCT the pipeline "
+          f"uses {len(encoded) / times['accurate']:.0f} images/s; ratio accurate/default "
+          f"{times['default'] / times['accurate']:.2f}")
+
+
+def bench_estep():
+    num_classes = 21
+    trainer = benchmark.make_trainer(ModelConfig(num_classes, width=FLAGS.estep_width))
+    batch = benchmark.synthetic_batch(FLAGS.estep_batch, 321, num_classes)
+    kinds = ("strong", "em_fixed", "em_adapt", "bbox_em_fixed")
+    times = benchmark.train_step_seconds(
+        trainer, {k: benchmark.with_kind(batch, k) for k in kinds}, rounds=FLAGS.estep_rounds)
+    alone = benchmark.estep_seconds(batch, num_classes, kinds)
+    print(f"E-step cost at 321x321, batch {FLAGS.estep_batch}, width {FLAGS.estep_width}, "
+          f"{num_classes} labels (training steps: median of {FLAGS.estep_rounds}; "
+          "E-step alone: median of 20):")
+    for kind in kinds:
+        print(f"  {kind:<14} {times[kind]:.3f} s/step  ratio to strong "
+              f"{times[kind] / times['strong']:.3f}   E-step alone {1000 * alone[kind]:.1f} ms "
+              f"= {100 * alone[kind] / times['strong']:.2f}% of a strong step")
+
+
+def bench_crf():
+    from kseg.benchmarks import crf as crf_bench
+    result = crf_bench.benchmark_crf(num_images=FLAGS.crf_images)
+    for run in result["runs"]:
+        print(f"crf: workers={run['workers']} {run['images_per_second']:.2f} images/s")
+    print(f"crf pool speed-up: {result['speedup']:.2f}x")
+
+
+def bench_serving():
+    from kseg.benchmarks import serving
+    for width in FLAGS.serving_widths:
+        r = serving.benchmark_inference(width=float(width), batch_size=FLAGS.serving_batch_size,
+                                        rounds=FLAGS.serving_rounds)
+        print(f"serving at {r['image_size']}, batch {r['batch_size']}, width {r['width']}: "
+              f"Keras {r['keras_images_per_s']:.2f} images/s, SavedModel serve_images "
+              f"{r['saved_model_images_per_s']:.2f}, SavedModel from PNG strings "
+              f"{r['saved_model_encoded_images_per_s']:.2f}; SavedModel/Keras "
+              f"{r['saved_model_over_keras']:.2f}")
+
+
+def write_section(path, what, text):
+    """Replaces the `what` section of a markdown file (kept between markers)."""
+    begin, end = f"<!-- {what}:begin -->", f"<!-- {what}:end -->"
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{begin}\n```\n$ python scripts/benchmark.py --what={what}\n{text}```\n{end}"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    files.write_text(path, new)
+
+
+def main(argv):
+    del argv
+    for what in FLAGS.what:
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
+             "crf": bench_crf, "serving": bench_serving}[what]()
+        sys.stdout.write(buffer.getvalue())
+        if FLAGS.out:
+            write_section(FLAGS.out, what, buffer.getvalue())
+
+
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
+    cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,157 @@
+"""Dense-CRF post-processing of a whole split in a process pool (docs/evaluation.md).
+
+The network runs once over the split (:func:`kseg.inference.segment.network_samples`
+yields a :class:`CRFSample` per image); the CRF then runs on every image in
+a pool of worker processes (:func:`crf_predictions`, over
+:func:`kseg.utils.parallel.ordered_map`) and one pass gives the split-level
+mIoU with and without the CRF (:func:`evaluate_with_crf`). The parameter
+search is in :mod:`kseg.crf.search`.
+
+Position stds: a :class:`CRFSetting` holds :class:`kseg.crf.dense.CRFParams` whose
+position stds are in pixels of an image whose long side is
+``reference_size`` (500, about VOC's, so DeepLab's published values apply
+as they are); each image scales them by its own long side / reference_size
+(:meth:`kseg.crf.dense.CRFParams.for_image_size`). ``reference_size=0`` takes the
+stds as pixels of every image. Searched values, flag fragments and the
+parameters recorded next to scores all use this convention.
+
+Worker processes import this module, so it imports no TensorFlow, directly
+or through another module: the pool starts workers with 'spawn' (forking a
+process that runs TensorFlow can hang), and a spawned worker that imported
+TensorFlow would spend seconds and hundreds of MB on it for nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from kseg.config import setting
+from kseg.crf.dense import REFERENCE_IMAGE_SIZE, CRFParams, dense_crf
+from kseg.evaluation import metrics
+from kseg.utils.parallel import chunks, ordered_map, resolve_workers
+
+# Forking a parent that runs TensorFlow can hang; workers start fresh.
+START_METHOD = "spawn"
+# Images held at once per worker while streaming a split through the pool.
+IMAGES_PER_WORKER = 8
+
+@dataclasses.dataclass(frozen=True)
+class CRFSetting:
+    """CRF parameters and how their position stds scale to each image (module doc)."""
+
+    params: CRFParams = CRFParams()
+    reference_size: int = setting(
+        REFERENCE_IMAGE_SIZE, "The CRF position stds are for images whose long side is this "
+        "many pixels; each image scales them by its long side / this. 0: the stds are pixels "
+        "of every image.")
+
+    def __post_init__(self):
+        if not isinstance(self.params, CRFParams):
+            raise TypeError(f"CRFSetting.params must be a CRFParams, got {self.params!r}")
+        if self.reference_size < 0 or int(self.reference_size) != self.reference_size:
+            raise ValueError(f"CRFSetting.reference_size must be an integer >= 0, "
+                             f"got {self.reference_size!r}")
+
+    def for_image(self, height: int, width: int) -> CRFParams:
+        """The parameters in pixels of a height x width image."""
+        if not self.reference_size:
+            return self.params
+        return self.params.for_image_size(height, width, self.reference_size)
+
+    def as_dict(self) -> dict:
+        return {**self.params.as_dict(), "reference_size": int(self.reference_size)}
+
+    def to_flags(self) -> list[str]:
+        """absl flag lines (``--crf_bi_w=4.0`` ... ``--crf_reference_size=500``)."""
+        return self.params.to_flags() + [f"--crf_reference_size={int(self.reference_size)}"]
+
+    @classmethod
+    def from_dict(cls, values: dict, prefix: str = "crf_") -> "CRFSetting":
+        """From ``{prefix + name: value}``, e.g. absl ``FLAGS.flag_values_dict()``."""
+        return cls(CRFParams.from_dict(values, prefix),
+                   int(values.get(prefix + "reference_size", REFERENCE_IMAGE_SIZE)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CRFSample:
+    """One image as the network saw it.
+
+    Attributes:
+      image_id: the record's id.
+      image: (H, W, 3) uint8 RGB.
+      label: (H, W) uint8 ground truth, 255 ignored.
+      probs: (H, W, C) float32 softmax probabilities at the image's size.
+    """
+
+    image_id: str
+    image: np.ndarray
+    label: np.ndarray
+    probs: np.ndarray
+
+
+def crf_labels(job) -> np.ndarray:
+    """Pool job: (image, probs, CRFSetting) -> (H, W) uint8 CRF labels."""
+    image, probs, setting = job
+    params = setting.for_image(*image.shape[:2])
+    return dense_crf(image, probs, params)[1].astype(np.uint8)
+
+
+def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
+                    workers: int | None = None, chunk_size: int | None = None,
+                    start_method: str = START_METHOD) -> Iterator[tuple[CRFSample, np.ndarray]]:
+    """Yields (sample, (H, W) uint8 CRF labels) for every sample, in order.
+
+    Samples are taken ``chunk_size`` at a time (default IMAGES_PER_WORKER per
+    worker) and each chunk runs over a process pool, so only that many
+    probability maps are in memory however long the split (a VOC image's
+    500x375x21 float32 map is 16 MB). ``workers=1`` runs in this process.
+    """
+    workers = resolve_workers(workers)
+    chunk_size = chunk_size or IMAGES_PER_WORKER * workers
+    for chunk in chunks(samples, chunk_size):
+        jobs = [(s.image, s.probs, setting) for s in chunk]
+        # closing() ends the chunk's pool as soon as its last result is in.
+        with contextlib.closing(ordered_map(crf_labels, jobs, workers=workers, chunksize=1,
+                                            start_method=start_method)) as labels:
+            yield from zip(chunk, labels)
+
+
+def evaluate_with_crf(samples: Iterable[CRFSample], num_classes: int, setting: CRFSetting,
+                      workers: int | None = None, chunk_size: int | None = None,
+                      on_image: Callable[[CRFSample, np.ndarray, np.ndarray], None] | None = None,
+                      start_method: str = START_METHOD) -> tuple[dict, dict]:
+    """Split-level scores without and with the CRF, from one pass over ``samples``.
+
+    ``on_image(sample, prediction, crf_labels)`` sees every image (both (H, W)
+    uint8) in order. Returns (plain, crf), each the dict of
+    :func:`kseg.evaluation.metrics.evaluate` (miou, pixel_accuracy, per_class_iou,
+    confusion, num_images). The result does not depend on ``workers``.
+    """
+    plain = np.zeros((num_classes, num_classes), np.int64)
+    crf = np.zeros_like(plain)
+    count = 0
+    for sample, crf_labels in crf_predictions(samples, setting, workers, chunk_size,
+                                              start_method):
+        prediction = sample.probs.argmax(-1).astype(np.uint8)
+        plain += metrics.confusion_matrix(sample.label, prediction, num_classes)
+        crf += metrics.confusion_matrix(sample.label, crf_labels, num_classes)
+        count += 1
+        if on_image is not None:
+            on_image(sample, prediction, crf_labels)
+    return metrics.split_result(plain, count), metrics.split_result(crf, count)
+
+
+def format_side_by_side(plain: dict, crf: dict, class_names: Sequence[str]) -> str:
+    """Per-class IoU, mIoU and pixel accuracy without and with the CRF, as text."""
+    def cell(value):
+        return "-" if value is None else f"{100 * value:6.2f}%"
+    lines = [f"{'class':<16} {'IoU':>8} {'IoU+CRF':>8}"]
+    for name, a, b in zip(class_names, plain["per_class_iou"], crf["per_class_iou"]):
+        lines.append(f"{name:<16} {cell(a):>8} {cell(b):>8}")
+    for key, title in (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")):
+        lines.append(f"{title:<16} {cell(plain[key]):>8} {cell(crf[key]):>8}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Evaluation scores (`metrics`): numpy only, importable without TensorFlow."""

@@ -1,0 +1,2 @@
+"""Inference: the one whole-image path (`segment`), SavedModel export (`export`) and
+prediction on image files (`predict`)."""

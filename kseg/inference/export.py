@@ -1,0 +1,152 @@
+"""SavedModel export for serving (docs/evaluation.md).
+
+The exported SavedModel holds the network's weights and three signatures,
+all computed with `kseg.inference.segment.segment` (pad to 8k+1, network, bilinear
+upsampling with aligned corners, softmax), so a served prediction is the one
+evaluation makes:
+
+| signature | input | outputs |
+| --- | --- | --- |
+| serving_default | images: (B,) string, encoded JPEG/PNG/BMP/GIF | labels (B, H, W) int32, probabilities (B, H, W, C) float32 |
+| serve_images | images: (B, H, W, 3) uint8 RGB, any H, W | labels, probabilities as above |
+| metadata | (none) | class_names (C,) string, palette (256, 3) uint8 (VOC colours), num_classes () int32 |
+
+The images of one `serving_default` request must decode to the same size
+(outputs are dense tensors); send images of different sizes in separate
+requests (a batch of one each). Greyscale and RGBA inputs are converted to
+RGB. The class names are also an asset, `assets/class_names.txt`, one per
+line in label order.
+
+The dense CRF is not in the graph (pydensecrf is C++ outside TensorFlow): it
+is a separate post-processing step on the returned `probabilities`
+(`kseg.crf.dense.dense_crf`, or `scripts/predict.py --crf`).
+
+Loading needs TensorFlow only:
+
+    model = tf.saved_model.load(export_dir)
+    out = model.signatures["serve_images"](images=tf.zeros([1, 375, 500, 3], tf.uint8))
+    out["labels"]  # (1, 375, 500) int32
+
+TensorFlow Serving: put the export in a numbered version directory
+(`--export_dir=exports/deeplab/1`) and serve the parent, e.g.
+
+    docker run -p 8501:8501 -v $PWD/exports/deeplab:/models/deeplab \
+        -e MODEL_NAME=deeplab tensorflow/serving
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from kseg import experiment
+from kseg.data.palette import voc_palette
+from kseg.data.records import decode_rgb
+from kseg.inference.segment import segment
+
+SIGNATURES = ("serving_default", "serve_images", "metadata")
+
+
+def _decode_batch(encoded: tf.Tensor) -> tf.Tensor:
+    """(B,) encoded images of one size -> (B, H, W, 3) uint8 RGB."""
+    count = tf.shape(encoded)[0]
+    tf.debugging.assert_positive(count, message="serving_default: the batch has no image")
+    images = tf.TensorArray(tf.uint8, size=count, infer_shape=False,
+                            element_shape=tf.TensorShape([None, None, 3]))
+    sizes = tf.TensorArray(tf.int32, size=count)
+    for i in tf.range(count):
+        image = decode_rgb(encoded[i])  # (H, W, 3), decoded as for training and evaluation
+        images = images.write(i, image)
+        sizes = sizes.write(i, tf.shape(image)[:2])
+    sizes = sizes.stack()  # (B, 2)
+    same = tf.debugging.assert_equal(
+        sizes, tf.broadcast_to(sizes[:1], tf.shape(sizes)),
+        message="serving_default: the images of one request must have the same size; "
+                "send images of different sizes in separate requests")
+    with tf.control_dependencies([same]):
+        return images.stack()  # (B, H, W, 3)
+
+
+class SegmentationModule(tf.Module):
+    """What the SavedModel holds: the network's variables and the signatures.
+
+    Args:
+      network: a DeepLab network (`kseg.model.build_deeplab`).
+      class_names: C names in label order.
+    """
+
+    def __init__(self, network: keras.Model, class_names):
+        super().__init__(name="kseg_segmentation")
+        num_classes = network.output_shape[-1]
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for a network with "
+                             f"{num_classes} classes")
+        self._network = network  # called by the functions; its variables are tracked below
+        self.network_variables = [v.value if isinstance(v, keras.Variable) else v
+                                  for v in network.variables]
+        self._class_names = [str(n) for n in class_names]
+
+    def _segment(self, images):
+        probabilities = segment(self._network, images)  # (B, H, W, C)
+        return {"labels": tf.argmax(probabilities, -1, output_type=tf.int32),
+                "probabilities": probabilities}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve_encoded(self, images):
+        """(B,) encoded images of one size -> labels, probabilities."""
+        return self._segment(_decode_batch(images))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def serve_images(self, images):
+        """(B, H, W, 3) uint8 RGB -> labels (B, H, W), probabilities (B, H, W, C)."""
+        return self._segment(images)
+
+    @tf.function(input_signature=[])
+    def metadata(self):
+        return {"class_names": tf.constant(self._class_names),
+                "palette": tf.constant(voc_palette()),
+                "num_classes": tf.constant(len(self._class_names), tf.int32)}
+
+
+def export_saved_model(network: keras.Model, export_dir: str, class_names,
+                       overwrite: bool = False) -> str:
+    """Writes the SavedModel of the module docstring to `export_dir`; returns it.
+
+    The model is written beside `export_dir` and renamed into place, so a
+    server watching the parent directory never sees half an export. An
+    existing `export_dir` is an error unless `overwrite`.
+    """
+    export_dir = os.path.abspath(export_dir)
+    if os.path.exists(export_dir) and not overwrite:
+        raise FileExistsError(f"{export_dir} exists; choose a new --export_dir (TensorFlow "
+                              "Serving: a new version number) or pass --overwrite")
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    module = SegmentationModule(network, class_names)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        names_file = os.path.join(staging, "class_names.txt")
+        with open(names_file, "w") as f:
+            f.write("\n".join(module._class_names) + "\n")
+        module.class_names_file = tf.saved_model.Asset(names_file)
+        model_dir = os.path.join(staging, "model")
+        tf.saved_model.save(module, model_dir, signatures={
+            "serving_default": module.serve_encoded,
+            "serve_images": module.serve_images,
+            "metadata": module.metadata})
+        if os.path.exists(export_dir):
+            shutil.rmtree(export_dir)
+        os.replace(model_dir, export_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return export_dir
+
+
+def export_run(model_dir: str, export_dir: str, overwrite: bool = False) -> str:
+    """Exports a training run's newest checkpoint (see `export_saved_model`)."""
+    network, config = experiment.load_network(model_dir)
+    return export_saved_model(network, export_dir, config["class_names"], overwrite)

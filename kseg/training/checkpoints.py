@@ -1,0 +1,113 @@
+"""A run's files: checkpoints (with the input position) and `config.json`.
+
+A checkpoint holds the network, the optimizer with its step counter and,
+optionally, the input iterator's position. It is written every
+`checkpoint_every` steps, at the end, and when SIGTERM or SIGINT arrives
+(kseg.training.loop). `tf.train.CheckpointManager` writes a checkpoint's
+files under a temporary name (`ckpt-N_temp/`), renames them into place, and
+only then rewrites the small `checkpoint` state file, itself atomically (a
+temporary file renamed over it). So a run killed at any moment, even by
+SIGKILL in the middle of a save, leaves the state naming the previous
+complete checkpoint (a leftover `ckpt-N_temp/` is harmless and is
+overwritten by the next save); running the same command again restores it,
+at the same step and learning rate (the rate is a function of the
+optimizer's step counter). Renames are not fsync'ed: a power cut, unlike a
+killed process, may lose the newest checkpoint. Under multi-worker training
+the chief writes `model_dir/checkpoints` (which must be on a file system
+every worker sees, since all of them restore from it) and the other workers
+save to a local temporary directory, because `tf.distribute` wants every
+worker in a save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from kseg.config import LoopConfig
+from kseg.utils import files
+
+
+class Checkpoints:
+    """A run's checkpoints: network, optimizer (with its step counter) and,
+    optionally, the input iterator, in `model_dir/checkpoints`.
+
+    Non-chief workers save to a temporary directory (removed by `close`) and
+    restore from the chief's directory.
+    """
+
+    def __init__(self, trainer, loop: LoopConfig, iterator=None, chief: bool = True):
+        self.directory = os.path.join(loop.model_dir, "checkpoints")
+        self._model = tf.train.Checkpoint(network=trainer.network, optimizer=trainer.optimizer)
+        self._iterator = iterator
+        objects = {"network": trainer.network, "optimizer": trainer.optimizer}
+        if iterator is not None:
+            objects["input"] = iterator
+        self._tmp = None if chief else tempfile.mkdtemp(prefix="kseg-worker-checkpoints-")
+        self._manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(**objects), self._tmp or self.directory,
+            max_to_keep=loop.keep_checkpoints if chief else 1)
+        self.last_saved_step = None
+        self.latest = tf.train.latest_checkpoint(self.directory)
+
+    def restore(self) -> str | None:
+        """Restores the newest checkpoint (if any); returns its path.
+
+        The network and optimizer must match; the input position is restored
+        when the checkpoint has one and the pipeline is unchanged, otherwise
+        the data order restarts (with a log line saying so)."""
+        latest = self.latest
+        if latest is None:
+            return None
+        self._model.restore(latest).assert_existing_objects_matched().expect_partial()
+        if self._iterator is not None:
+            try:
+                status = tf.train.Checkpoint(input=self._iterator).restore(latest)
+                status.expect_partial().assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                logging.warning(f"input position not restored from {latest} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); the data order restarts "
+                                "from the seed")
+        return latest
+
+    def save(self, step: int) -> str:
+        if self.last_saved_step != step:
+            path = self._manager.save(checkpoint_number=step)
+            self.last_saved_step = step
+            if self._tmp is None:
+                self.latest = path
+        return self.latest
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def restore_network(network: keras.Model, model_dir: str) -> str:
+    """Loads the newest checkpoint's network weights; returns its path."""
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')}")
+    tf.train.Checkpoint(network=network).restore(latest).expect_partial()
+    return latest
+
+
+def save_run_config(model_dir: str, config: dict) -> None:
+    """Writes the run's settings as `model_dir/config.json` (model, data, E-step)."""
+    os.makedirs(model_dir, exist_ok=True)
+    # Several workers may write it at once: each through its own temporary file.
+    files.write_json(os.path.join(model_dir, "config.json"), config, default=str)
+
+
+def load_run_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {model_dir!r} a kseg training directory?")
+    with open(path) as f:
+        return json.load(f)

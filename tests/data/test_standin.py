@@ -1,0 +1,46 @@
+"""The ImageNet stand-in set (kseg/data/standin.py)."""
+
+import hashlib
+
+import numpy as np
+
+from kseg.data import embedded, standin
+
+
+def _hashes(images):
+    return {hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images}
+
+
+def test_classes_cover_the_segmentation_classes():
+    # The five segmentation classes, shape and texture as the segmentation set
+    # draws them, are among many more (ImageNet's classes cover VOC's).
+    assert standin.CLASSES[:5] == (("disc", "rings"), ("square", "checker"),
+                                   ("triangle", "stripes"), ("ring", "grid"),
+                                   ("cross", "dots"))
+    assert len(set(standin.CLASSES)) == len(standin.CLASSES) == standin.NUM_CLASSES
+    assert standin.NUM_CLASSES >= 8 * (len(embedded.EMBEDDED_CLASSES) - 1)
+
+
+def test_shares_no_image_with_the_segmentation_set(tmp_path):
+    size = 32
+    seg_root = tmp_path / "seg"
+    embedded.generate(str(seg_root), num_train=40, num_val=10, image_size=size)
+    seg = [embedded.render_example(np.random.default_rng([0, split, i]), size)[0]
+           for split, count in ((0, 40), (1, 10)) for i in range(count)]
+    root = tmp_path / "standin"
+    standin.generate(str(root), num_train=40, num_val=10, image_size=size)
+    images = np.concatenate([standin.load_split(str(root), s)[0] for s in ("train", "val")])
+    labels = np.concatenate([standin.load_split(str(root), s)[1] for s in ("train", "val")])
+    assert images.shape == (50, size, size, 3) and images.dtype == np.uint8
+    assert labels.min() >= 0 and labels.max() < standin.NUM_CLASSES
+    assert not _hashes(images) & _hashes(seg)
+    # Not even the generators are shared: the first draws of image i differ.
+    for i in range(10):
+        assert (standin.example_rng(0, "train", i).random(4)
+                != np.random.default_rng([0, 0, i]).random(4)).all()
+
+
+def test_generation_is_deterministic():
+    a = standin.render_example(standin.example_rng(3, "train", 5), 48)
+    b = standin.render_example(standin.example_rng(3, "train", 5), 48)
+    assert a[1] == b[1] and np.array_equal(a[0], b[0])

@@ -1,0 +1,155 @@
+"""SavedModel export (kseg/inference/export.py, scripts/export.py): served predictions match
+the Keras model's, in a process that imports TensorFlow only."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kseg import experiment, model
+from kseg.benchmarks import serving
+from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
+from kseg.data import palette
+from kseg.inference import export
+from kseg.inference import segment as segment_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMEOUT = 240
+
+# Runs in a fresh interpreter: TensorFlow and numpy only, no kseg.
+LOAD_SCRIPT = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+export_dir, folder, out = sys.argv[1:4]
+read = lambda name: open(f"{folder}/{name}", "rb").read()
+model = tf.saved_model.load(export_dir)
+images = np.load(f"{folder}/images.npy")
+served = model.signatures["serve_images"](images=tf.constant(images))
+png = model.signatures["serving_default"](images=tf.constant([read("0.png"), read("1.png")]))
+jpeg = model.signatures["serving_default"](images=tf.constant([read("0.jpg")]))
+meta = model.signatures["metadata"]()
+try:
+    model.signatures["serving_default"](images=tf.constant([read("0.png"), read("small.png")]))
+    mixed_error = ""
+except tf.errors.InvalidArgumentError as e:
+    mixed_error = e.message
+assert not any(name.startswith("kseg") for name in sys.modules), "kseg was imported"
+np.savez(out, labels=served["labels"].numpy(), probabilities=served["probabilities"].numpy(),
+         png_labels=png["labels"].numpy(), png_probabilities=png["probabilities"].numpy(),
+         jpeg_probabilities=jpeg["probabilities"].numpy(),
+         class_names=[n.decode() for n in meta["class_names"].numpy()],
+         palette=meta["palette"].numpy(),
+         num_classes=meta["num_classes"].numpy(), mixed_error=mixed_error,
+         asset=open(model.class_names_file.asset_path.numpy().decode()).read())
+'''
+
+
+def _encode(image, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_records, tmp_path_factory):
+    """A tiny run trained 2 steps, exported with scripts/export.py: (run dir, export dir)."""
+    tmp = tmp_path_factory.mktemp("export")
+    model_dir, export_dir = str(tmp / "run"), str(tmp / "exports" / "tiny" / "1")
+    experiment.run_training(Experiment(
+        data=DataConfig(data_dir=tiny_records, batch_size=2, val_split=""),
+        model=ModelConfig(num_classes=6, width=0.0625, dropout=0.0),
+        input=InputConfig(num_classes=6, crop_size=33, seed=0, shuffle_buffer=8),
+        estep=EStepConfig(), optim=OptimConfig(optimizer="adam"),
+        loop=LoopConfig(model_dir=model_dir, num_steps=2, image_every=0,
+                                  checkpoint_input=False)))
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+                          f"--model_dir={model_dir}", f"--export_dir={export_dir}"],
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "serving_default" in run.stdout
+    return model_dir, export_dir
+
+
+@pytest.mark.slow
+def test_saved_model_in_a_fresh_process_matches_the_keras_model(exported, tmp_path):
+    model_dir, export_dir = exported
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 45, 61, 3), np.uint8)  # not 8k+1: padding and crop
+    images[:, 10:30, 20:50] = [200, 30, 30]
+    jpeg = _encode(images[0], "JPEG")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    np.save(folder / "images.npy", images)
+    for name, data in [("0.png", _encode(images[0], "PNG")), ("1.png", _encode(images[1], "PNG")),
+                       ("small.png", _encode(images[0, :20, :30], "PNG")), ("0.jpg", jpeg)]:
+        (folder / name).write_bytes(data)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), export_dir, str(folder),
+                          str(tmp_path / "served.npz")], capture_output=True, text=True,
+                         timeout=TIMEOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = np.load(tmp_path / "served.npz")
+
+    network, config = experiment.load_network(model_dir)
+    expected = segment_lib.segment(network, tf.constant(images)).numpy()  # (2, 45, 61, 6)
+    assert served["probabilities"].shape == (2, 45, 61, 6)
+    assert served["labels"].shape == (2, 45, 61) and served["labels"].dtype == np.int32
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+    np.testing.assert_allclose(served["png_probabilities"], expected, atol=1e-5)
+    top2 = np.sort(expected, -1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4  # argmax not decided by float noise
+    assert clear.mean() > 0.9
+    assert (served["labels"] == expected.argmax(-1))[clear].all()
+    assert (served["png_labels"] == served["labels"]).all()
+    # Decoded as training and evaluation decode it (accurate DCT).
+    decoded_jpeg = tf.io.decode_jpeg(jpeg, dct_method="INTEGER_ACCURATE")[None]
+    np.testing.assert_allclose(served["jpeg_probabilities"],
+                               segment_lib.segment(network, decoded_jpeg).numpy(), atol=1e-5)
+
+    assert served["class_names"].tolist() == config["class_names"]
+    assert str(served["asset"]).split() == config["class_names"]
+    assert int(served["num_classes"]) == 6
+    np.testing.assert_array_equal(served["palette"], palette.voc_palette())
+    assert "same size" in str(served["mixed_error"])
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_the_signatures(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run([cli, "show", "--dir", exported[1], "--all"], capture_output=True,
+                         text=True, timeout=TIMEOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in run.stdout
+    assert "inputs['images']" in run.stdout
+    assert "outputs['probabilities']" in run.stdout and "outputs['labels']" in run.stdout
+
+
+def test_export_refuses_to_overwrite_and_checks_class_names(tmp_path):
+    network = model.build_deeplab(ModelConfig(num_classes=3, width=0.0625))
+    target = tmp_path / "model"
+    target.mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export.export_saved_model(network, str(target), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="2 class names for a network with 3 classes"):
+        export.export_saved_model(network, str(tmp_path / "other"), ["a", "b"])
+    assert not (tmp_path / "other").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging left behind
+
+
+@pytest.mark.slow
+def test_benchmark_inference_reports_images_per_second():
+    result = serving.benchmark_inference(width=0.0625, num_classes=3, height=41, image_width=57,
+                                        rounds=1, calls_per_round=1)
+    for key in ("keras_images_per_s", "saved_model_images_per_s",
+                "saved_model_encoded_images_per_s", "saved_model_over_keras"):
+        assert result[key] > 0
+    assert result["image_size"] == "57x41"
