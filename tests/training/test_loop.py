@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,14 +32,35 @@ def _experiment(records_dir, model_dir, num_steps, supervision="strong", **data)
         seed=0)
 
 
+# Trains in a fresh process: in the long-lived test process this 600-step run
+# ended anywhere between 0.17 and 0.22 mIoU from one suite run to the next,
+# while a fresh process gives the same figure every time.
+STRONG_RUN = r"""
+import json, sys
+from tests.training.test_loop import _experiment
+from kseg import experiment
+from kseg.cli.app import log_to_terminal
+log_to_terminal()
+records_dir, model_dir = sys.argv[1:3]
+experiment.run_training(_experiment(records_dir, model_dir, 100))
+print(json.dumps({"after_100": __import__("os").path.exists(
+    __import__("os").path.join(model_dir, "checkpoints", "ckpt-100.index"))}))
+# Running again with more steps resumes at 100 (not from zero).
+experiment.run_training(_experiment(records_dir, model_dir, 600))
+print(json.dumps(experiment.evaluate_run(model_dir, "val")))
+"""
+
+
 @pytest.mark.slow
 def test_strong_training_beats_all_background(tiny_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    experiment.run_training(_experiment(tiny_records, model_dir, 100))
-    assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-100.index"))
-    # Running again with more steps resumes at 100 (not from zero).
-    experiment.run_training(_experiment(tiny_records, model_dir, 600))
-    result = experiment.evaluate_run(model_dir, "val")
+    run = subprocess.run([sys.executable, "-c", STRONG_RUN, tiny_records, model_dir],
+                         capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, result = [json.loads(line) for line in run.stdout.splitlines()[-2:]]
+    assert first["after_100"]
+    assert re.search(r"^resumed from \S+ckpt-100 at step 100,", run.stderr, re.M), run.stderr[-3000:]
     saved = json.load(open(os.path.join(model_dir, "eval_val.json")))
     assert saved["miou"] == pytest.approx(result["miou"])
     # The all-background prediction of the same split: ~0.12 mIoU here.
@@ -47,7 +69,7 @@ def test_strong_training_beats_all_background(tiny_records, tmp_path):
     background_only[:, 0] = confusion.sum(1)
     baseline = metrics.scores_from_confusion(background_only)["miou"]
     assert baseline < 0.15
-    # Measured 0.23 after 600 steps (64-pixel images learn slowly).
+    # Measured 0.20-0.23 after 600 steps (64-pixel images learn slowly).
     assert result["miou"] > baseline + 0.05, (result["miou"], baseline)
     assert result["pixel_accuracy"] > 0.74
 
