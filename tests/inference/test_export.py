@@ -1,11 +1,13 @@
 """SavedModel export (kseg/inference/export.py, scripts/export.py): served predictions match
 the Keras model's, in a process that imports TensorFlow only."""
 
+import dataclasses
 import io
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +22,7 @@ from kseg.crf.evaluate import CRFSetting
 from kseg.data import palette
 from kseg.inference import export
 from kseg.inference import segment as segment_lib
+from kseg.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 240
@@ -66,6 +69,7 @@ network = model.signatures["serve_images"](images=tf.constant(images))
 crf = model.signatures["serve_images_crf"](images=tf.constant(images))
 png = model.signatures["serving_crf"](images=tf.constant([read("0.png"), read("1.png")]))
 meta = {k: v.numpy() for k, v in model.signatures["metadata"]().items()}
+meta["crf_flags"] = [flag.decode() for flag in meta["crf_flags"]]
 try:
     model.signatures["serving_crf"](images=tf.constant([read("0.png"), read("small.png")]))
     mixed_error = ""
@@ -163,10 +167,18 @@ def test_saved_model_cli_lists_the_signatures(exported):
 
 
 @pytest.mark.slow
-def test_crf_signatures_in_a_fresh_process(exported, tmp_path):
+def test_crf_signatures_in_a_fresh_process(tmp_path):
     """scripts/export.py --crf: DeepLab-CRF in one request, served with TensorFlow only; its
     labels are kseg.crf.tf_dense's on the served probabilities and pydensecrf's on >= 99%."""
-    model_dir, _ = exported
+    # An untrained run (random weights label pixels noisily, which the CRF smooths).
+    model_dir = str(tmp_path / "run")
+    config = ModelConfig(num_classes=6, width=0.0625, dropout=0.0)
+    keras.utils.set_random_seed(0)
+    network = model.build_deeplab(config)
+    checkpoints.save_run_config(model_dir, {"model": dataclasses.asdict(config),
+                                          "class_names": list("abcdef"), "data_dir": None})
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                               os.path.join(model_dir, "checkpoints"), 1).save()
     export_dir = str(tmp_path / "crf" / "1")
     run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
                           f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--crf",
@@ -197,7 +209,7 @@ def test_crf_signatures_in_a_fresh_process(exported, tmp_path):
     for name, value in setting.params.as_dict("crf_").items():
         assert served[name] == pytest.approx(value)
     assert int(served["crf_reference_size"]) == 100
-    assert [f.decode() for f in served["crf_flags"]] == setting.to_flags()
+    assert served["crf_flags"].tolist() == setting.to_flags()
     assert "serving_crf" in str(served["mixed_error"])
 
     probs = served["probabilities"]  # (2, 48, 62, 6): the network's, as serve_images gives them
@@ -208,7 +220,7 @@ def test_crf_signatures_in_a_fresh_process(exported, tmp_path):
     for image, p, crf_labels in zip(images, probs, served["crf_labels"]):
         expected = dense_crf(image, p, setting.for_image(*image.shape[:2]))[1]
         assert (crf_labels == expected).mean() >= 0.99
-    assert (served["crf_labels"] != probs.argmax(-1)).mean() > 0.001  # the CRF did something
+    assert (served["crf_labels"] != probs.argmax(-1)).mean() > 0.01  # the CRF did something
 
 
 def test_export_refuses_to_overwrite_and_checks_class_names(tmp_path):
