@@ -154,6 +154,13 @@ class EStepConfig:
     weak_warmup_steps: int = setting(
         0, "Leave image-label examples out of the loss for this many first steps (semi runs "
         "start on their strong images; 0 = the paper).")
+    # Not in the paper (docs/departures.md): the weak examples' scores go
+    # through the dense CRF (TensorFlow ops, at score-map resolution, DeepLab's
+    # test-time parameters scaled to the crop) before the E-step's argmax.
+    estep_crf: bool = setting(
+        False, "Refine the scores of image-label and box examples with the dense CRF "
+        "(kseg.em.crf: TensorFlow ops at score-map resolution, inside the training step) "
+        "before the E-step (not in the paper).")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -215,14 +215,16 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
                           setting: crf_eval.CRFSetting = crf_eval.CRFSetting(),
                           workers: int | None = None, chunk_size: int | None = None,
                           masks_dir: str | None = None,
-                          start_method: str = crf_eval.START_METHOD) -> tuple[dict, dict]:
+                          start_method: str = crf_eval.START_METHOD,
+                          impl: str = crf_eval.CRF_IMPLEMENTATIONS[0]) -> tuple[dict, dict]:
     """Evaluates a run's newest checkpoint with and without the CRF (docs/evaluation.md).
 
     The network runs once over the split; the CRF runs on every image in a
-    pool of `workers` processes (`kseg.crf.evaluate.evaluate_with_crf`).
+    pool of `workers` processes (`kseg.crf.evaluate.evaluate_with_crf`), or
+    in this process with `impl='tf'` (`kseg.crf.tf_dense`).
     Writes ``model_dir/eval_<split>.json`` and ``eval_<split>_crf.json`` (the
-    latter records the CRF setting under ``crf`` and as flag lines under
-    ``crf_flags``) and, with ``masks_dir``, the CRF masks as palette PNGs.
+    latter records the CRF setting under ``crf``, as flag lines under
+    ``crf_flags`` and the implementation under ``crf_impl``) and, with ``masks_dir``, the CRF masks as palette PNGs.
     Returns (plain, crf) result dicts, each with split, data_dir, class_names.
     """
     network, config, data_dir, dataset, total = _open_run(model_dir, split, data_dir, None)
@@ -235,10 +237,10 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
             bar.update()
         plain, crf = crf_eval.evaluate_with_crf(
             segment_lib.network_samples(network, dataset), network.output_shape[-1], setting,
-            workers, chunk_size, on_image, start_method)
+            workers, chunk_size, on_image, start_method, impl)
     for result in (plain, crf):
         result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
-    crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags())
+    crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags(), crf_impl=impl)
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
     files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)
     return plain, crf

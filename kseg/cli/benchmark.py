@@ -9,6 +9,9 @@ decode: JPEG decoding images/s with the accurate DCT the pipeline uses against
 estep: training-step time of each E-step kind relative to a strong step on
   the same batch, at 321x321 crops.
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
+crf_tf: seconds per image of the TensorFlow dense CRF (kseg.crf.tf_dense)
+  against pydensecrf at 500x375, 21 labels, 10 iterations, on 1 and 2 cores,
+  alternating round by round in one run (kseg.benchmarks.crf_tf).
 serving: SavedModel inference images/s against the Keras model's, 500x375.
 """
 
@@ -30,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
-    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "serving"],
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "crf_tf", "serving"],
                       "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
@@ -42,6 +45,12 @@ def define_flags():
     flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
     flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
     flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
+    flags.DEFINE_integer("crf_tf_rounds", 3, "Alternating rounds of the TF-vs-pydensecrf "
+                         "comparison (median).")
+    flags.DEFINE_list("crf_tf_cores", ["1", "2"], "Core counts of the TF-vs-pydensecrf "
+                      "comparison (each in a fresh process).")
+    flags.DEFINE_integer("crf_tf_height", 375, "Image height of the TF-vs-pydensecrf comparison.")
+    flags.DEFINE_integer("crf_tf_width", 500, "Image width of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
     flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                         "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
@@ -99,6 +108,14 @@ def bench_crf():
     print(f"crf pool speed-up: {result['speedup']:.2f}x")
 
 
+def bench_crf_tf():
+    from kseg.benchmarks import crf_tf
+    result = crf_tf.benchmark_crf_tf(height=FLAGS.crf_tf_height, width=FLAGS.crf_tf_width,
+                                     rounds=FLAGS.crf_tf_rounds,
+                                     cores=tuple(int(c) for c in FLAGS.crf_tf_cores))
+    print("\n".join(crf_tf.format_result(result)))
+
+
 def bench_serving():
     from kseg.benchmarks import serving
     for width in FLAGS.serving_widths:
@@ -129,7 +146,7 @@ def main(argv):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
-             "crf": bench_crf, "serving": bench_serving}[what]()
+             "crf": bench_crf, "crf_tf": bench_crf_tf, "serving": bench_serving}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())

@@ -1,7 +1,7 @@
 """Evaluates a training run's newest checkpoint on a prepared split.
 
     python scripts/evaluate.py --model_dir=runs/strong [--split=val] [--masks_dir=DIR]
-    python scripts/evaluate.py --model_dir=runs/strong --crf [--workers=N]
+    python scripts/evaluate.py --model_dir=runs/strong --crf [--workers=N] [--crf_impl=tf]
         [--flagfile=runs/strong/crf_best.cfg]   # parameters from scripts/crf_search.py
 
 Prints the per-class IoU table and writes DIR/eval_<split>.json (miou,
@@ -9,7 +9,9 @@ pixel_accuracy as fractions, per_class_iou, the confusion matrix). With
 --crf the network runs once, the dense CRF runs on every image in a pool of
 --workers processes, the table shows IoU without and with the CRF side by
 side, and DIR/eval_<split>_crf.json is written too, recording the CRF
-parameters under "crf" (and as flag lines under "crf_flags").
+parameters under "crf" (and as flag lines under "crf_flags"). --crf_impl
+picks the CRF: pydensecrf (the default, C++ in the pool) or tf (the
+TensorFlow CRF of kseg.crf.tf_dense, the one in `scripts/export.py --crf`).
 
 CRF parameters default to DeepLab-v1's LargeFOV values (bilateral 4 / 121 / 5,
 Gaussian 3 / 3, 10 iterations); the position stds are in pixels of a
@@ -48,6 +50,7 @@ def define_flags():
     flags.DEFINE_integer("crf_chunk", None, "Images whose probabilities are held at once "
                          f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
     cli_flags.define_crf_flags()
+    cli_flags.define_crf_impl_flag()
 
 
 def evaluate_plain():
@@ -72,9 +75,9 @@ def evaluate_crf():
     from kseg import experiment  # TensorFlow: see the imports above
     plain, crf = experiment.evaluate_run_with_crf(
         FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, setting, FLAGS.workers,
-        FLAGS.crf_chunk, FLAGS.masks_dir)
+        FLAGS.crf_chunk, FLAGS.masks_dir, impl=FLAGS.crf_impl)
     print(crf_eval.format_side_by_side(plain, crf, plain["class_names"]))
-    print("CRF: " + " ".join(setting.to_flags()))
+    print(f"CRF ({FLAGS.crf_impl}): " + " ".join(setting.to_flags()))
     for name in (f"eval_{FLAGS.split}.json", f"eval_{FLAGS.split}_crf.json"):
         print(f"wrote {os.path.join(FLAGS.model_dir, name)}")
 

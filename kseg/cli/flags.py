@@ -21,7 +21,7 @@ from absl import flags
 
 from kseg import config
 from kseg.crf.dense import CRFParams
-from kseg.crf.evaluate import CRFSetting
+from kseg.crf.evaluate import CRF_IMPLEMENTATIONS, CRFSetting
 
 FLAGS = flags.FLAGS
 
@@ -122,6 +122,15 @@ def define_crf_flags(values: flags.FlagValues = FLAGS, defaults: CRFSetting = CR
     """The `--crf_*` flags (CRF parameters and reference size), defaults from `defaults`."""
     define_config_flags(CRFParams, values, "crf_", defaults.params, help_prefix)
     define_config_flags(CRFSetting, values, "crf_", defaults, help_prefix)
+
+
+def define_crf_impl_flag(values: flags.FlagValues = FLAGS) -> None:
+    flags.DEFINE_enum("crf_impl", CRF_IMPLEMENTATIONS[0], list(CRF_IMPLEMENTATIONS),
+                      "Dense-CRF implementation: pydensecrf (C++, in the --workers pool; the "
+                      "default until the TF one is measured at least as fast, BENCHMARKS.md) "
+                      "or tf (kseg.crf.tf_dense, the CRF of scripts/export.py --crf, in this "
+                      "process; --workers = row blocks per sparse product).",
+                      flag_values=values)
 
 
 def crf_setting_from_flags(values: flags.FlagValues = FLAGS) -> CRFSetting:

@@ -8,7 +8,8 @@ each image NAME the output folder gets NAME.png (labels as a VOC-palette PNG)
 and NAME_overlay.jpg (the image | the image with the label colours blended).
 Unreadable images are skipped with a message naming the file. --crf adds
 the dense CRF (parameters: --crf_* flags, stds for a --crf_reference_size
-image, scaled to each image).
+image, scaled to each image); --crf_impl=tf runs the TensorFlow CRF instead of
+pydensecrf.
 
 Installed, `kseg-predict FLAGS` is the same as `python scripts/predict.py FLAGS`.
 """
@@ -36,6 +37,7 @@ def define_flags():
     cli_flags.define_workers_flag()
     flags.DEFINE_alias("crf_workers", "workers")  # its earlier name
     cli_flags.define_crf_flags()
+    cli_flags.define_crf_impl_flag()
 
 
 def main(argv):
@@ -50,7 +52,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     setting = cli_flags.crf_setting_from_flags() if FLAGS.crf else None
     summary = predict.predict_images(paths, predictor, FLAGS.output, setting,
-                                     FLAGS.workers)
+                                     FLAGS.workers, crf_impl=FLAGS.crf_impl)
     print(f"wrote {len(summary.written)} label PNGs and overlays to {summary.output_dir}"
           + (f"; skipped {len(summary.skipped)} unreadable" if summary.skipped else ""))
     if not summary.written:

@@ -15,8 +15,16 @@ as they are); each image scales them by its own long side / reference_size
 stds as pixels of every image. Searched values, flag fragments and the
 parameters recorded next to scores all use this convention.
 
+Two implementations of the same CRF (``impl``, the ``--crf_impl`` flag):
+``'pydensecrf'`` (the default), pydensecrf's C++ in the process pool, and
+``'tf'``, :mod:`kseg.crf.tf_dense` in this process, one image per call
+with its sparse products cut into one row block per worker (TensorFlow's
+threads run them in parallel). They agree on >= 99% of pixels (tests);
+pydensecrf stays the default until BENCHMARKS.md shows the TF one at least
+as fast on an idle machine.
+
 Worker processes import this module, so it imports no TensorFlow, directly
-or through another module: the pool starts workers with 'spawn' (forking a
+or through another module (``'tf'`` imports it when it runs): the pool starts workers with 'spawn' (forking a
 process that runs TensorFlow can hang), and a spawned worker that imported
 TensorFlow would spend seconds and hundreds of MB on it for nothing.
 """
@@ -38,6 +46,8 @@ from kseg.utils.parallel import chunks, ordered_map, resolve_workers
 START_METHOD = "spawn"
 # Images held at once per worker while streaming a split through the pool.
 IMAGES_PER_WORKER = 8
+# The dense-CRF implementations (module docstring); the first is the default.
+CRF_IMPLEMENTATIONS = ("pydensecrf", "tf")
 
 @dataclasses.dataclass(frozen=True)
 class CRFSetting:
@@ -100,17 +110,44 @@ def crf_labels(job) -> np.ndarray:
     return dense_crf(image, probs, params)[1].astype(np.uint8)
 
 
+def _tf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
+                    num_blocks: int) -> Iterator[tuple[CRFSample, np.ndarray]]:
+    """(sample, (H, W) uint8 labels) with :mod:`kseg.crf.tf_dense`, in this process.
+
+    One traced function serves every image size: the position stds are
+    scaled in the graph by each image's long side / ``setting.reference_size``
+    (0: as given), as :meth:`CRFSetting.for_image` does for pydensecrf.
+    """
+    from kseg.crf import tf_dense  # TensorFlow, only when asked (module docstring)
+    crf = None
+    for sample in samples:
+        if crf is None:
+            crf = tf_dense.dense_crf_function(setting.params, sample.probs.shape[-1],
+                                              setting.reference_size or None, num_blocks)
+        _, labels = crf(sample.image[None], sample.probs[None].astype(np.float32))
+        yield sample, labels[0].numpy().astype(np.uint8)
+
+
 def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
                     workers: int | None = None, chunk_size: int | None = None,
-                    start_method: str = START_METHOD) -> Iterator[tuple[CRFSample, np.ndarray]]:
+                    start_method: str = START_METHOD,
+                    impl: str = CRF_IMPLEMENTATIONS[0]) -> Iterator[tuple[CRFSample, np.ndarray]]:
     """Yields (sample, (H, W) uint8 CRF labels) for every sample, in order.
 
-    Samples are taken ``chunk_size`` at a time (default IMAGES_PER_WORKER per
-    worker) and each chunk runs over a process pool, so only that many
-    probability maps are in memory however long the split (a VOC image's
-    500x375x21 float32 map is 16 MB). ``workers=1`` runs in this process.
+    With ``impl='pydensecrf'`` samples are taken ``chunk_size`` at a time
+    (default IMAGES_PER_WORKER per worker) and each chunk runs over a process
+    pool, so only that many probability maps are in memory however long the
+    split (a VOC image's 500x375x21 float32 map is 16 MB). ``workers=1`` runs
+    in this process. With ``impl='tf'`` every image runs in this process
+    through :mod:`kseg.crf.tf_dense`, ``workers`` row blocks per sparse product.
     """
+    if impl not in CRF_IMPLEMENTATIONS:
+        raise ValueError(f"--crf_impl must be one of {', '.join(CRF_IMPLEMENTATIONS)}, "
+                         f"got {impl!r}")
     workers = resolve_workers(workers)
+    if impl == "tf":
+        yield from _tf_predictions(samples, setting, workers)
+        return
     chunk_size = chunk_size or IMAGES_PER_WORKER * workers
     for chunk in chunks(samples, chunk_size):
         jobs = [(s.image, s.probs, setting) for s in chunk]
@@ -123,19 +160,21 @@ def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
 def evaluate_with_crf(samples: Iterable[CRFSample], num_classes: int, setting: CRFSetting,
                       workers: int | None = None, chunk_size: int | None = None,
                       on_image: Callable[[CRFSample, np.ndarray, np.ndarray], None] | None = None,
-                      start_method: str = START_METHOD) -> tuple[dict, dict]:
+                      start_method: str = START_METHOD,
+                      impl: str = CRF_IMPLEMENTATIONS[0]) -> tuple[dict, dict]:
     """Split-level scores without and with the CRF, from one pass over ``samples``.
 
     ``on_image(sample, prediction, crf_labels)`` sees every image (both (H, W)
     uint8) in order. Returns (plain, crf), each the dict of
     :func:`kseg.evaluation.metrics.evaluate` (miou, pixel_accuracy, per_class_iou,
-    confusion, num_images). The result does not depend on ``workers``.
+    confusion, num_images). The result does not depend on ``workers``;
+    ``impl`` picks the CRF implementation (:func:`crf_predictions`).
     """
     plain = np.zeros((num_classes, num_classes), np.int64)
     crf = np.zeros_like(plain)
     count = 0
     for sample, crf_labels in crf_predictions(samples, setting, workers, chunk_size,
-                                              start_method):
+                                              start_method, impl):
         prediction = sample.probs.argmax(-1).astype(np.uint8)
         plain += metrics.confusion_matrix(sample.label, prediction, num_classes)
         crf += metrics.confusion_matrix(sample.label, crf_labels, num_classes)

@@ -408,27 +408,38 @@ def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
 # ------------------------------------------------------------------ mean field
 
 
-def _check_inputs(images, probs, params, name):
-    """Static and graph checks of (B, H, W, 3) uint8 images and (B, H, W, C) probs."""
+def _check_inputs(images, probs, params, name, what="probs", reference_size=None,
+                  num_blocks=1):
+    """Static and graph checks of (B, H, W, 3) uint8 images and (B, H, W, C) ``what``
+    (probabilities or unary energies), and of the Python arguments."""
     if not isinstance(params, CRFParams):
         raise TypeError(f"{name}: params must be a CRFParams, got {type(params).__name__}")
+    if reference_size is not None and (isinstance(reference_size, bool)
+                                       or not isinstance(reference_size, (int, float))
+                                       or not reference_size > 0):
+        raise ValueError(f"{name}: reference_size must be a positive number of pixels or "
+                         f"None, got {reference_size!r}")
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"{name}: num_blocks must be an integer >= 1, got {num_blocks!r}")
     if images.dtype != tf.uint8:
         raise ValueError(f"{name}: images must be uint8 RGB, got {images.dtype.name}")
     if not probs.dtype.is_floating:
-        raise ValueError(f"{name}: probs must be float softmax probabilities, "
-                         f"got {probs.dtype.name}")
+        kind = "softmax probabilities" if what == "probs" else "energies"
+        raise ValueError(f"{name}: {what} must be float {kind}, got {probs.dtype.name}")
     if images.shape.rank is not None and images.shape.rank != 4:
         raise ValueError(f"{name}: images must have shape (B, H, W, 3), got {images.shape}")
     if probs.shape.rank is not None and probs.shape.rank != 4:
-        raise ValueError(f"{name}: probs must have shape (B, H, W, C), got {probs.shape}")
+        raise ValueError(f"{name}: {what} must have shape (B, H, W, C), got {probs.shape}")
     if images.shape[-1] is not None and images.shape[-1] != 3:
         raise ValueError(f"{name}: images must have 3 (RGB) channels, got {images.shape}")
+    if probs.shape[-1] == 0:
+        raise ValueError(f"{name}: {what} has no label channel, shape {probs.shape}")
     if not images.shape[:3].is_compatible_with(probs.shape[:3]):
-        raise ValueError(f"{name}: probs batch/height/width {probs.shape[:3]} differ from "
+        raise ValueError(f"{name}: {what} batch/height/width {probs.shape[:3]} differ from "
                          f"the images' {images.shape[:3]}")
     return [tf.debugging.assert_equal(
         tf.shape(images)[:3], tf.shape(probs)[:3],
-        message=f"{name}: probs batch/height/width differ from the images'")]
+        message=f"{name}: {what} batch/height/width differ from the images'")]
 
 
 def _pixel_features(height, width, batch):
@@ -466,13 +477,16 @@ def mean_field(images, unary, params=CRFParams(), *, bi_w=None, pos_w=None,
     """
     images = tf.convert_to_tensor(images)
     unary = tf.convert_to_tensor(unary)
-    checks = _check_inputs(images, unary, params, "mean_field")
+    checks = _check_inputs(images, unary, params, "mean_field", "unary", reference_size,
+                           num_blocks)
     unary = tf.cast(unary, tf.float32)
     checks.append(tf.debugging.assert_all_finite(unary, "mean_field: unary has NaN or inf"))
     shape = tf.shape(unary)
     batch, height, width = shape[0], shape[1], shape[2]
     checks.append(tf.debugging.assert_positive(
         batch * height * width, message="mean_field: images must have at least one pixel"))
+    checks.append(tf.debugging.assert_positive(
+        shape[3], message="mean_field: unary has no label channel"))
     with tf.control_dependencies(checks):
         shape = tf.identity(shape)
     # A static label count keeps the sparse products' column groups static.
@@ -518,15 +532,17 @@ def dense_crf(images, probs, params=CRFParams(), *, bi_w=None, pos_w=None,
       labels: (B, H, W) int32 argmax of the marginals.
 
     Raises:
-      ValueError: wrong dtype or rank, or sizes that differ where they are
-        known while tracing.
+      ValueError: wrong dtype or rank, no label channel, ``reference_size``
+        not positive, ``num_blocks`` not an integer >= 1, or sizes that
+        differ where they are known while tracing.
       TypeError: ``params`` is not a :class:`kseg.crf.dense.CRFParams`.
       tf.errors.InvalidArgumentError: at run time, sizes that differ, NaN or
         infinite probabilities, negative ones, or ones that do not sum to 1.
     """
     images = tf.convert_to_tensor(images)
     probs = tf.convert_to_tensor(probs)
-    checks = _check_inputs(images, probs, params, "dense_crf")
+    checks = _check_inputs(images, probs, params, "dense_crf", "probs", reference_size,
+                           num_blocks)
     probs = tf.cast(probs, tf.float32)
     checks += [
         tf.debugging.assert_all_finite(probs, "dense_crf: probs contains NaN or infinity"),

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from kseg.config import EStepConfig
 from kseg.constants import IGNORE_LABEL, KIND_ID, KINDS, WEAK_KINDS
+from kseg.em import crf as estep_crf
 from kseg.em import estep
 
 
@@ -35,7 +36,8 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
 
     Args:
       scores: (B, h, w, C) float logits; no gradient flows into the targets.
-      batch: dict with kind (B,) int32, label (B, h, w) int32, valid (B, h, w)
+      batch: dict with kind (B,) int32, image (B, S, S, 3) float32 crops
+        (read with `config.estep_crf` only), label (B, h, w) int32, valid (B, h, w)
         bool, image_labels (B, C) float multi-hot, box_mask (B, h, w, C) bool,
         optionally label_space (B, C) bool: E-steps only choose among the
         labels of the example's own dataset.
@@ -55,6 +57,12 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
     if "label_space" in batch:
         scores = tf.where(batch["label_space"][:, None, None, :], scores, -1e9)
     kind, valid = batch["kind"], batch["valid"]  # (B,), (B, h, w)
+    if config.estep_crf:
+        # The weak examples' scores through the dense CRF first (kseg.em.crf).
+        weak = tf.reduce_any(tf.equal(kind[:, None], [KIND_ID[k] for k in WEAK_KINDS]), axis=1)
+        scores = estep_crf.refine_where(scores, batch["image"], weak)  # (B, h, w, C)
+        if "label_space" in batch:
+            scores = tf.where(batch["label_space"][:, None, None, :], scores, -1e9)
     targets = estep.strong(batch["label"], valid)  # (B, h, w)
     adapt_bias = tf.constant(0.0)
 

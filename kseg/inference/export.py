@@ -11,14 +11,31 @@ evaluation makes:
 | serve_images | images: (B, H, W, 3) uint8 RGB, any H, W | labels, probabilities as above |
 | metadata | (none) | class_names (C,) string, palette (256, 3) uint8 (VOC colours), num_classes () int32 |
 
-The images of one `serving_default` request must decode to the same size
-(outputs are dense tensors); send images of different sizes in separate
-requests (a batch of one each). Greyscale and RGBA inputs are converted to
-RGB. The class names are also an asset, `assets/class_names.txt`, one per
-line in label order.
+With a CRF setting (`scripts/export.py --crf`) two more signatures run the
+dense CRF (`kseg.crf.tf_dense`, TensorFlow ops, on the probabilities above),
+so that TensorFlow Serving serves DeepLab-CRF in one request:
 
-The dense CRF is not in the graph (pydensecrf is C++ outside TensorFlow): it
-is a separate post-processing step on the returned `probabilities`
+| signature | input | outputs |
+| --- | --- | --- |
+| serving_crf | images: (B,) string, encoded, as serving_default | labels (B, H, W) int32 CRF labels, probabilities (B, H, W, C) float32 CRF marginals |
+| serve_images_crf | images: (B, H, W, 3) uint8 RGB, any H, W | labels, probabilities as above |
+
+and `metadata` also returns the CRF's parameters: `crf_bi_w`, `crf_bi_xy_std`,
+`crf_bi_rgb_std`, `crf_pos_w`, `crf_pos_xy_std` (float32), `crf_num_iter`,
+`crf_reference_size` (int32; the position stds are pixels of an image whose
+long side is that, scaled in the graph to each image's long side; 0: pixels
+of every image) and `crf_flags`, the same as `--crf_*` flag lines (what
+`scripts/evaluate.py --crf --crf_impl=tf` takes to score the same CRF). The
+CRF labels agree with pydensecrf's on >= 99% of pixels (kseg.crf.tf_dense).
+
+The images of one `serving_default` (or `serving_crf`) request must decode
+to the same size (outputs are dense tensors); send images of different
+sizes in separate requests (a batch of one each). Greyscale and RGBA inputs
+are converted to RGB. The class names are also an asset,
+`assets/class_names.txt`, one per line in label order.
+
+Without `--crf` the dense CRF is not in the graph: it is a separate
+post-processing step on the returned `probabilities`
 (`kseg.crf.dense.dense_crf`, or `scripts/predict.py --crf`).
 
 Loading needs TensorFlow only:
@@ -32,6 +49,11 @@ TensorFlow Serving: put the export in a numbered version directory
 
     docker run -p 8501:8501 -v $PWD/exports/deeplab:/models/deeplab \
         -e MODEL_NAME=deeplab tensorflow/serving
+
+and, with `--crf`, DeepLab-CRF in one request (README: the JSON body):
+
+    curl -d @request.json \
+        http://localhost:8501/v1/models/deeplab:predict   # "signature_name": "serve_images_crf"
 """
 
 from __future__ import annotations
@@ -44,17 +66,21 @@ import keras
 import tensorflow as tf
 
 from kseg import experiment
+from kseg.crf import tf_dense
+from kseg.crf.evaluate import CRFSetting
 from kseg.data.palette import voc_palette
 from kseg.data.records import decode_rgb
 from kseg.inference.segment import segment
 
 SIGNATURES = ("serving_default", "serve_images", "metadata")
+# Added by a CRF setting (scripts/export.py --crf).
+CRF_SIGNATURES = ("serving_crf", "serve_images_crf")
 
 
-def _decode_batch(encoded: tf.Tensor) -> tf.Tensor:
+def _decode_batch(encoded: tf.Tensor, signature: str = "serving_default") -> tf.Tensor:
     """(B,) encoded images of one size -> (B, H, W, 3) uint8 RGB."""
     count = tf.shape(encoded)[0]
-    tf.debugging.assert_positive(count, message="serving_default: the batch has no image")
+    tf.debugging.assert_positive(count, message=f"{signature}: the batch has no image")
     images = tf.TensorArray(tf.uint8, size=count, infer_shape=False,
                             element_shape=tf.TensorShape([None, None, 3]))
     sizes = tf.TensorArray(tf.int32, size=count)
@@ -65,7 +91,7 @@ def _decode_batch(encoded: tf.Tensor) -> tf.Tensor:
     sizes = sizes.stack()  # (B, 2)
     same = tf.debugging.assert_equal(
         sizes, tf.broadcast_to(sizes[:1], tf.shape(sizes)),
-        message="serving_default: the images of one request must have the same size; "
+        message=f"{signature}: the images of one request must have the same size; "
                 "send images of different sizes in separate requests")
     with tf.control_dependencies([same]):
         return images.stack()  # (B, H, W, 3)
@@ -77,9 +103,15 @@ class SegmentationModule(tf.Module):
     Args:
       network: a DeepLab network (`kseg.model.build_deeplab`).
       class_names: C names in label order.
+      crf_setting: a `kseg.crf.evaluate.CRFSetting` for the CRF signatures,
+        or None (no CRF in the graph).
+      crf_num_blocks: row blocks per sparse product of the CRF
+        (`kseg.crf.tf_dense.mean_field`); 1 suits a GPU and a server that
+        runs several requests at once.
     """
 
-    def __init__(self, network: keras.Model, class_names):
+    def __init__(self, network: keras.Model, class_names, crf_setting: CRFSetting | None = None,
+                 crf_num_blocks: int = 1):
         super().__init__(name="kseg_segmentation")
         num_classes = network.output_shape[-1]
         if len(class_names) != num_classes:
@@ -89,6 +121,34 @@ class SegmentationModule(tf.Module):
         self.network_variables = [v.value if isinstance(v, keras.Variable) else v
                                   for v in network.variables]
         self._class_names = [str(n) for n in class_names]
+        if crf_setting is not None and not isinstance(crf_setting, CRFSetting):
+            raise TypeError(f"crf_setting must be a CRFSetting, got {crf_setting!r}")
+        self._crf_setting = crf_setting
+        self._crf_num_blocks = crf_num_blocks
+        if crf_setting is not None:
+            # Instance attributes, not methods: saving traces every tf.function
+            # of the module, and without a CRF there is none to trace.
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def serve_encoded_crf(images):
+                """(B,) encoded images of one size -> CRF labels, CRF marginals."""
+                return self._segment_crf(_decode_batch(images, "serving_crf"))
+
+            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+            def serve_images_crf(images):
+                """(B, H, W, 3) uint8 RGB -> CRF labels (B, H, W), marginals (B, H, W, C)."""
+                return self._segment_crf(images)
+
+            self.serve_encoded_crf = serve_encoded_crf
+            self.serve_images_crf = serve_images_crf
+
+    def signature_functions(self) -> dict:
+        """{signature name: traced function} of what the SavedModel serves."""
+        out = {"serving_default": self.serve_encoded, "serve_images": self.serve_images,
+               "metadata": self.metadata}
+        if self._crf_setting is not None:
+            out.update(serving_crf=self.serve_encoded_crf,
+                       serve_images_crf=self.serve_images_crf)
+        return out
 
     def _segment(self, images):
         probabilities = segment(self._network, images)  # (B, H, W, C)
@@ -105,16 +165,33 @@ class SegmentationModule(tf.Module):
         """(B, H, W, 3) uint8 RGB -> labels (B, H, W), probabilities (B, H, W, C)."""
         return self._segment(images)
 
+    def _segment_crf(self, images):
+        setting = self._crf_setting
+        probabilities = segment(self._network, images)  # (B, H, W, C)
+        marginals, labels = tf_dense.dense_crf(
+            images, probabilities, setting.params,
+            reference_size=setting.reference_size or None, num_blocks=self._crf_num_blocks)
+        return {"labels": labels, "probabilities": marginals}
+
     @tf.function(input_signature=[])
     def metadata(self):
-        return {"class_names": tf.constant(self._class_names),
-                "palette": tf.constant(voc_palette()),
-                "num_classes": tf.constant(len(self._class_names), tf.int32)}
+        out = {"class_names": tf.constant(self._class_names),
+               "palette": tf.constant(voc_palette()),
+               "num_classes": tf.constant(len(self._class_names), tf.int32)}
+        if self._crf_setting is not None:
+            for name, value in self._crf_setting.params.as_dict("crf_").items():
+                out[name] = tf.constant(value, tf.int32 if name == "crf_num_iter" else tf.float32)
+            out["crf_reference_size"] = tf.constant(self._crf_setting.reference_size, tf.int32)
+            out["crf_flags"] = tf.constant(self._crf_setting.to_flags())
+        return out
 
 
 def export_saved_model(network: keras.Model, export_dir: str, class_names,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, crf_setting: CRFSetting | None = None) -> str:
     """Writes the SavedModel of the module docstring to `export_dir`; returns it.
+
+    With `crf_setting` (a `kseg.crf.evaluate.CRFSetting`) it also holds the
+    CRF signatures and the CRF's parameters in `metadata`.
 
     The model is written beside `export_dir` and renamed into place, so a
     server watching the parent directory never sees half an export. An
@@ -126,7 +203,7 @@ def export_saved_model(network: keras.Model, export_dir: str, class_names,
                               "Serving: a new version number) or pass --overwrite")
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    module = SegmentationModule(network, class_names)
+    module = SegmentationModule(network, class_names, crf_setting)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         names_file = os.path.join(staging, "class_names.txt")
@@ -134,10 +211,7 @@ def export_saved_model(network: keras.Model, export_dir: str, class_names,
             f.write("\n".join(module._class_names) + "\n")
         module.class_names_file = tf.saved_model.Asset(names_file)
         model_dir = os.path.join(staging, "model")
-        tf.saved_model.save(module, model_dir, signatures={
-            "serving_default": module.serve_encoded,
-            "serve_images": module.serve_images,
-            "metadata": module.metadata})
+        tf.saved_model.save(module, model_dir, signatures=module.signature_functions())
         if os.path.exists(export_dir):
             shutil.rmtree(export_dir)
         os.replace(model_dir, export_dir)
@@ -146,7 +220,8 @@ def export_saved_model(network: keras.Model, export_dir: str, class_names,
     return export_dir
 
 
-def export_run(model_dir: str, export_dir: str, overwrite: bool = False) -> str:
+def export_run(model_dir: str, export_dir: str, overwrite: bool = False,
+               crf_setting: CRFSetting | None = None) -> str:
     """Exports a training run's newest checkpoint (see `export_saved_model`)."""
     network, config = experiment.load_network(model_dir)
-    return export_saved_model(network, export_dir, config["class_names"], overwrite)
+    return export_saved_model(network, export_dir, config["class_names"], overwrite, crf_setting)

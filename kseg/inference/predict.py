@@ -5,7 +5,8 @@ The network runs through a training checkpoint (`KerasPredictor`, i.e.
 SavedModel (`SavedModelPredictor`, its `serve_images` signature, TensorFlow
 only); both give the same probabilities. The optional dense CRF runs on
 those probabilities in a process pool (`kseg.crf.evaluate.crf_predictions`),
-with parameters scaled to each image's size.
+with parameters scaled to each image's size, or in this process as
+TensorFlow ops (`crf_impl='tf'`, `kseg.crf.tf_dense`).
 
 This module imports TensorFlow only inside the predictors: the CRF pool's
 'spawn' workers re-import the command that imports it.
@@ -167,7 +168,7 @@ class PredictSummary:
 
 def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.ndarray],
                    output_dir: str, crf_setting=None, crf_workers: int | None = None,
-                   progress: bool = True) -> PredictSummary:
+                   progress: bool = True, crf_impl: str = "pydensecrf") -> PredictSummary:
     """Writes `NAME.png` and `NAME_overlay.jpg` for every readable image.
 
     Args:
@@ -177,6 +178,7 @@ def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.nd
       crf_setting: a `kseg.crf.evaluate.CRFSetting` to post-process with the
         dense CRF, or None.
       crf_workers: CRF processes (None: one per core).
+      crf_impl: 'pydensecrf' or 'tf' (`kseg.crf.evaluate.crf_predictions`).
     Unreadable images are skipped with a warning (absl.logging) naming the file.
     """
     os.makedirs(output_dir, exist_ok=True)
@@ -201,7 +203,8 @@ def predict_images(paths: Sequence[str], predictor: Callable[[np.ndarray], np.nd
         samples = (crf_eval.CRFSample(name, image, None, probs)
                    for name, image, probs in network_outputs())
         results = ((s.image_id, s.image, labels)
-                   for s, labels in crf_eval.crf_predictions(samples, crf_setting, crf_workers))
+                   for s, labels in crf_eval.crf_predictions(samples, crf_setting, crf_workers,
+                                                                 impl=crf_impl))
     with bar:
         for name, image, labels in results:
             labels = labels.astype(np.uint8)

@@ -89,3 +89,12 @@ def test_search_then_evaluate_scripts_on_a_trained_run(tiny_records, tmp_path):
     assert plain["num_images"] == crf["num_images"] == 16
     assert crf["crf"] == best.as_dict() and crf["crf_flags"] == best.to_flags()
     assert 0 <= crf["miou"] <= 1 and "crf" not in plain
+    assert crf["crf_impl"] == "pydensecrf"
+    # The TensorFlow CRF scores as pydensecrf does.
+    out = subprocess.run([sys.executable, script("evaluate.py"), f"--model_dir={model_dir}",
+                          "--crf", f"--flagfile={best_file}", "--crf_impl=tf", "--workers=1"],
+                         check=True, env=env, capture_output=True, text=True)
+    assert "CRF (tf):" in out.stdout
+    tf_crf = json.load(open(os.path.join(model_dir, "eval_val_crf.json")))
+    assert tf_crf["crf_impl"] == "tf" and tf_crf["crf"] == crf["crf"]
+    assert abs(tf_crf["miou"] - crf["miou"]) <= 0.003

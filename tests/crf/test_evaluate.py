@@ -76,6 +76,28 @@ def test_parallel_confusion_equals_serial(samples):
     assert plain["confusion"] == expected["confusion"]
 
 
+def test_tf_implementation_scores_as_pydensecrf(samples):
+    """--crf_impl=tf: the same labels as pydensecrf on >= 99% of pixels, mIoU within 0.3 points."""
+    setting = CRFSetting()  # DeepLab's values, stds scaled from 500 px to the 64 px images
+    per_impl = {}
+    for impl in crf_eval.CRF_IMPLEMENTATIONS:
+        labels = []
+        scores = crf_eval.evaluate_with_crf(
+            samples, 6, setting, workers=1, impl=impl,
+            on_image=lambda sample, prediction, crf_labels: labels.append(crf_labels))
+        per_impl[impl] = scores[1], np.stack(labels)
+    (py_crf, py_labels), (tf_crf, tf_labels) = per_impl["pydensecrf"], per_impl["tf"]
+    assert tf_labels.dtype == np.uint8 and tf_labels.shape == py_labels.shape
+    assert (tf_labels == py_labels).mean() >= 0.99
+    assert abs(tf_crf["miou"] - py_crf["miou"]) <= 0.003
+    assert (tf_labels != np.stack([s.probs.argmax(-1) for s in samples])).mean() > 0.001
+
+
+def test_unknown_implementation_is_rejected(samples):
+    with pytest.raises(ValueError, match="--crf_impl must be one of pydensecrf, tf"):
+        next(crf_eval.crf_predictions(samples, CRFSetting(FAST), impl="cuda"))
+
+
 def test_network_samples_pair_images_labels_and_probs(tiny_records):
     inputs = keras.Input((None, None, 3))
     net = keras.Model(inputs, keras.layers.Lambda(lambda x: x[:, ::8, ::8, :3])(inputs))

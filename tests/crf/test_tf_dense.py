@@ -272,6 +272,8 @@ def _small_inputs():
     (lambda im, p: (im[..., :2], p), "3 \\(RGB\\) channels"),
     (lambda im, p: (im[0], p), r"\(B, H, W, 3\)"),
     (lambda im, p: (im, p[:, :4]), "height/width"),
+    (lambda im, p: (np.concatenate([im, im]), p), "batch/height/width"),
+    (lambda im, p: (im, p[..., :0]), "no label channel"),
 ])
 def test_bad_input_rejected_while_tracing(make, message):
     image, probs = make(*_small_inputs())
@@ -284,11 +286,34 @@ def test_bad_input_rejected_while_tracing(make, message):
     (lambda im, p: (im, np.where(np.arange(3) == 1, np.nan, p).astype(np.float32)), "NaN"),
     (lambda im, p: (im, 2 * p), "sum to 1"),
     (lambda im, p: (im, p - 0.5), "non-negative"),
+    (lambda im, p: (im, np.where(np.arange(3) == 0, np.inf, p).astype(np.float32)), "infinity"),
+    (lambda im, p: (np.concatenate([im, im]), p), "batch/height/width"),
+    (lambda im, p: (im[:, :0], p[:, :0]), "at least one pixel"),
 ])
 def test_bad_input_rejected_at_run_time(make, message, one_iteration_crf):
     image, probs = make(*_small_inputs())
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         one_iteration_crf(image, probs)
+
+
+def test_nan_unary_rejected_by_mean_field():
+    image, probs = _small_inputs()
+    unary = np.where(np.arange(3) == 2, np.nan, -np.log(probs)).astype(np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unary has NaN"):
+        crf_tf.mean_field(image, unary, CRFParams(num_iter=1))
+    with pytest.raises(ValueError, match="mean_field: unary must be float"):
+        crf_tf.mean_field(image, np.zeros(unary.shape, np.int32), CRFParams(num_iter=1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"reference_size": 0}, "reference_size must be a positive"),
+    ({"reference_size": -500}, "reference_size must be a positive"),
+    ({"num_blocks": 0}, "num_blocks must be an integer >= 1"),
+    ({"num_blocks": 1.5}, "num_blocks must be an integer >= 1"),
+])
+def test_bad_arguments_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        crf_tf.dense_crf(*_small_inputs(), CRFParams(num_iter=1), **kwargs)
 
 
 def test_params_must_be_crf_params():

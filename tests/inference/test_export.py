@@ -1,11 +1,13 @@
 """SavedModel export (kseg/inference/export.py, scripts/export.py): served predictions match
 the Keras model's, in a process that imports TensorFlow only."""
 
+import dataclasses
 import io
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,9 +16,13 @@ from PIL import Image
 from kseg import experiment, model
 from kseg.benchmarks import serving
 from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
+from kseg.crf import tf_dense as crf_tf
+from kseg.crf.dense import CRFParams, dense_crf
+from kseg.crf.evaluate import CRFSetting
 from kseg.data import palette
 from kseg.inference import export
 from kseg.inference import segment as segment_lib
+from kseg.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 240
@@ -47,6 +53,33 @@ np.savez(out, labels=served["labels"].numpy(), probabilities=served["probabiliti
          palette=meta["palette"].numpy(),
          num_classes=meta["num_classes"].numpy(), mixed_error=mixed_error,
          asset=open(model.class_names_file.asset_path.numpy().decode()).read())
+'''
+
+
+# The CRF signatures, in a fresh interpreter too.
+LOAD_CRF_SCRIPT = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+export_dir, folder, out = sys.argv[1:4]
+read = lambda name: open(f"{folder}/{name}", "rb").read()
+model = tf.saved_model.load(export_dir)
+images = np.load(f"{folder}/images.npy")
+network = model.signatures["serve_images"](images=tf.constant(images))
+crf = model.signatures["serve_images_crf"](images=tf.constant(images))
+png = model.signatures["serving_crf"](images=tf.constant([read("0.png"), read("1.png")]))
+meta = {k: v.numpy() for k, v in model.signatures["metadata"]().items()}
+meta["crf_flags"] = [flag.decode() for flag in meta["crf_flags"]]
+try:
+    model.signatures["serving_crf"](images=tf.constant([read("0.png"), read("small.png")]))
+    mixed_error = ""
+except tf.errors.InvalidArgumentError as e:
+    mixed_error = e.message
+assert not any(name.startswith("kseg") for name in sys.modules), "kseg was imported"
+np.savez(out, probabilities=network["probabilities"].numpy(), crf_labels=crf["labels"].numpy(),
+         crf_marginals=crf["probabilities"].numpy(), png_crf_labels=png["labels"].numpy(),
+         mixed_error=mixed_error, signatures=sorted(model.signatures),
+         **{k: v for k, v in meta.items() if k.startswith("crf_")})
 '''
 
 
@@ -131,6 +164,63 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert f"signature_def['{name}']" in run.stdout
     assert "inputs['images']" in run.stdout
     assert "outputs['probabilities']" in run.stdout and "outputs['labels']" in run.stdout
+
+
+@pytest.mark.slow
+def test_crf_signatures_in_a_fresh_process(tmp_path):
+    """scripts/export.py --crf: DeepLab-CRF in one request, served with TensorFlow only; its
+    labels are kseg.crf.tf_dense's on the served probabilities and pydensecrf's on >= 99%."""
+    # An untrained run (random weights label pixels noisily, which the CRF smooths).
+    model_dir = str(tmp_path / "run")
+    config = ModelConfig(num_classes=6, width=0.0625, dropout=0.0)
+    keras.utils.set_random_seed(0)
+    network = model.build_deeplab(config)
+    checkpoints.save_run_config(model_dir, {"model": dataclasses.asdict(config),
+                                          "class_names": list("abcdef"), "data_dir": None})
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                               os.path.join(model_dir, "checkpoints"), 1).save()
+    export_dir = str(tmp_path / "crf" / "1")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
+                          f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--crf",
+                          "--crf_bi_rgb_std=13", "--crf_reference_size=100"],
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "serve_images_crf" in run.stdout and "serving_crf" in run.stdout
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 48, 62, 3), np.uint8)  # H W divisible by 4 (tf_dense doc)
+    images[:, 8:30, 15:50] = [40, 200, 60]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    np.save(folder / "images.npy", images)
+    for name, data in [("0.png", _encode(images[0], "PNG")), ("1.png", _encode(images[1], "PNG")),
+                       ("small.png", _encode(images[0, :20, :30], "PNG"))]:
+        (folder / name).write_bytes(data)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_CRF_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), export_dir, str(folder),
+                          str(tmp_path / "served.npz")], capture_output=True, text=True,
+                         timeout=TIMEOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = np.load(tmp_path / "served.npz")
+
+    setting = CRFSetting(CRFParams(bi_rgb_std=13.0), reference_size=100)
+    assert set(served["signatures"]) == set(export.SIGNATURES + export.CRF_SIGNATURES)
+    for name, value in setting.params.as_dict("crf_").items():
+        assert served[name] == pytest.approx(value)
+    assert int(served["crf_reference_size"]) == 100
+    assert served["crf_flags"].tolist() == setting.to_flags()
+    assert "serving_crf" in str(served["mixed_error"])
+
+    probs = served["probabilities"]  # (2, 48, 62, 6): the network's, as serve_images gives them
+    marginals, labels = crf_tf.dense_crf(images, probs, setting.params, reference_size=100)
+    np.testing.assert_allclose(served["crf_marginals"], marginals.numpy(), atol=1e-4)
+    assert (served["crf_labels"] == labels.numpy()).mean() >= 0.999
+    np.testing.assert_array_equal(served["png_crf_labels"], served["crf_labels"])
+    for image, p, crf_labels in zip(images, probs, served["crf_labels"]):
+        expected = dense_crf(image, p, setting.for_image(*image.shape[:2]))[1]
+        assert (crf_labels == expected).mean() >= 0.99
+    assert (served["crf_labels"] != probs.argmax(-1)).mean() > 0.01  # the CRF did something
 
 
 def test_export_refuses_to_overwrite_and_checks_class_names(tmp_path):

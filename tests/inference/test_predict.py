@@ -12,6 +12,7 @@ from PIL import Image
 
 from kseg import model
 from kseg.config import ModelConfig
+from kseg.crf.evaluate import CRFSetting
 from kseg.data import palette
 from kseg.inference import export, predict
 from kseg.inference import segment as segment_lib
@@ -104,6 +105,18 @@ def test_predict_script_with_saved_model_and_crf(run_dir, images, tmp_path):
                                                     "b_overlay.jpg"]
     labels = palette.read_label_png(str(tmp_path / "out" / "a.png"))
     assert labels.shape == (37, 52) and labels.max() < 3
+
+
+def test_predict_with_the_tf_crf_agrees_with_pydensecrf(run_dir, images, tmp_path):
+    predictor = predict.KerasPredictor.from_run(run_dir)
+    paths = predict.list_images(str(images))
+    for impl in ("pydensecrf", "tf"):
+        predict.predict_images(paths, predictor, str(tmp_path / impl), CRFSetting(),
+                               crf_workers=1, progress=False, crf_impl=impl)
+    for name in ("a", "b"):
+        expected = palette.read_label_png(str(tmp_path / "pydensecrf" / f"{name}.png"))
+        labels = palette.read_label_png(str(tmp_path / "tf" / f"{name}.png"))
+        assert labels.shape == expected.shape and (labels == expected).mean() >= 0.99
 
 
 def test_clear_errors(run_dir, tmp_path):
