@@ -20,7 +20,7 @@ in processes that never run a network.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from kseg.constants import (BBOX_OUTSIDE_MODES, DATASETS, FOVS, IMAGE_LABEL_SOURCES, KINDS,
                             OPTIMIZERS, STRIDE)
@@ -90,7 +90,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """What defines the network. `width` scales every channel count."""
+    """What defines the network. `width` scales every channel count.
+
+    A run directory trained again must keep every field but those in
+    `TRAINING_ONLY`, which change how the network trains, not its weights
+    (kseg.training.checkpoints.check_same_run)."""
+
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("dropout",)
 
     num_classes: int = setting(21, "Labels including background.")
     fov: str = setting("large", "fc6 field of view.", tuple(FOVS))

@@ -116,17 +116,44 @@ def val_evaluator(data_dir: str, split: str, num_classes: int,
     return run
 
 
-def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None) -> dict:
-    """Trains (or resumes) the experiment in `exp.loop.model_dir`."""
+def setting_warnings(exp: Experiment) -> list[str]:
+    """Settings that are valid but make part of the run do nothing."""
+    kinds = {exp.data.supervision} | ({exp.data.joint.supervision} if exp.data.joint else set())
+    out = []
+    if "bbox_em_fixed" in kinds and 0 < exp.loop.num_steps <= exp.estep.box_warmup_steps:
+        out.append(f"--num_steps={exp.loop.num_steps} <= --box_warmup_steps="
+                   f"{exp.estep.box_warmup_steps}: Bbox-EM-Fixed never runs its E-step")
+    if kinds & {"em_fixed", "em_adapt"} and (
+            0 < exp.loop.num_steps <= exp.estep.weak_warmup_steps):
+        out.append(f"--num_steps={exp.loop.num_steps} <= --weak_warmup_steps="
+                   f"{exp.estep.weak_warmup_steps}: the image-label examples never train")
+    return out
+
+
+def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None,
+                 other_files: dict[str, str] | None = None) -> dict:
+    """Trains (or resumes) the experiment in `exp.loop.model_dir`.
+
+    A directory that already holds a run must hold this run: a network or
+    data setting that differs from its `config.json` raises
+    checkpoints.RunMismatchError before anything is written. `config.json`
+    (and `other_files`, name -> text, e.g. the command's flags) are written
+    once the newest checkpoint is restored, or when there is none; invalid
+    data fails before that, leaving the directory as it was.
+    """
     keras.utils.set_random_seed(exp.seed)
+    for warning in setting_warnings(exp):
+        logging.warning(f"warning: {warning}")
     streams, info = training_setup(exp.data, exp.seed)
     if len(info["class_names"]) != exp.model.num_classes:
         raise ValueError(f"the model has {exp.model.num_classes} classes but the data has "
                          f"{len(info['class_names'])} ({info['class_names']}); set --num_classes")
+    run_config = {**dataclasses.asdict(exp), **info}
+    checkpoints.check_same_run(exp.loop.model_dir, run_config)
     init = resolve_init(exp.init, exp.model)
     if init != exp.init:
-        info.update(init_weights=init, init_val_top1=pretrain.backbone_info(init)["val_top1"])
-    checkpoints.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
+        run_config.update(init_weights=init,
+                          init_val_top1=pretrain.backbone_info(init)["val_top1"])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
@@ -140,7 +167,8 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     if exp.data.val_split:
         evaluate_fn = val_evaluator(info["data_dir"], exp.data.val_split,
                                     len(info["eval_class_names"]), info["label_map"])
-    return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+    return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy, on_restored=lambda: (
+        checkpoints.save_run_config(exp.loop.model_dir, run_config, other_files)))
 
 
 EMBEDDED_IMAGENET = "embedded_imagenet"

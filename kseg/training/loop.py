@@ -99,7 +99,8 @@ def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
 
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
           evaluate_fn: Callable[[keras.Model], dict] | None = None,
-          strategy: tf.distribute.Strategy | None = None) -> dict:
+          strategy: tf.distribute.Strategy | None = None,
+          on_restored: Callable[[], None] | None = None) -> dict:
     """Runs (or resumes) training; returns the final training metrics.
 
     `dataset` yields *global* batches; each replica trains on its slice
@@ -109,6 +110,8 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
     last good checkpoint. SIGTERM/SIGINT: checkpoint, then raise
     `TrainingInterrupted`. Only the chief writes summaries and evaluates.
     Progress goes to absl.logging: a line every `loop.log_every` steps.
+    The chief calls `on_restored` once the checkpoint is restored (or there
+    is none), before the first step: the run's own files are written then.
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
@@ -125,6 +128,8 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                      f"learning rate {float(trainer.optimizer.learning_rate):.6g}")
     if step >= loop.num_steps:
         logging.info(f"step {step} >= num_steps {loop.num_steps}: nothing to train")
+    if chief and on_restored is not None:
+        on_restored()
 
     def replica_step(batch, stop):
         logs = trainer.train_step(batch)
