@@ -81,6 +81,14 @@ class DataConfig:
                                     joint_help="As --strong_per_batch, joint dataset.")
     weak_per_batch: int = setting(10, "Weak images per batch (semi).",
                                   joint_help="As --weak_per_batch, joint dataset.")
+    def __post_init__(self):
+        counts = ({"weak_per_batch": self.weak_per_batch, "strong_per_batch": self.strong_per_batch}
+                  if self.num_strong >= 0 else {"batch_size": self.batch_size})
+        for name, value in counts.items():
+            if value < (0 if name == "weak_per_batch" else 1):
+                raise ValueError(f"--{name}={value}: a batch needs at least one image of "
+                                 "each stream")
+
     # Cross-Joint: a second dataset trained in the same batches. The model's
     # labels are then the joint dataset's; this dataset's labels map into
     # them by class name (VOC names through kseg.data.coco.VOC_TO_COCO) and

@@ -52,12 +52,13 @@ def make_streams(data: DataConfig, data_dir: str, seed: int,
     labels renamed by `label_map` (see pipeline.Stream)."""
     targets.kind_id(data.supervision)
     weak_split = data.weak_split or data.train_split
+    records.read_split_info(data_dir, data.train_split)  # a clear error if missing
     try:
-        records.read_split_info(data_dir, weak_split)  # a clear error if missing
+        records.read_split_info(data_dir, weak_split)
     except DataError as e:
-        if data.supervision == "bbox_seg":
-            raise DataError(f"{e}. Bbox-Seg trains on masks estimated from the boxes: "
-                            f"run scripts/bbox_seg.py to write the split {weak_split!r}") from e
+        if data.supervision == "bbox_seg":  # the records are there: only the masks are missing
+            raise DataError(f"{data_dir} has no split {weak_split!r} of Bbox-Seg masks "
+                            "(estimated from the boxes): run scripts/bbox_seg.py first") from e
         raise
     weak_pattern = records.split_pattern(data_dir, weak_split)
     if data.num_strong < 0:
@@ -209,6 +210,12 @@ def load_network(model_dir: str):
     checkpoint = checkpoints.restore_network(network, model_dir)
     logging.info(f"loaded {checkpoint}")
     return network, config
+
+
+def split_size(model_dir: str, split: str = "val", data_dir: str | None = None) -> int:
+    """Images in a prepared split of a run's data (or of `data_dir`)."""
+    data_dir = data_dir or checkpoints.load_run_config(model_dir)["data_dir"]
+    return records.read_split_info(data_dir, split)["num_images"]
 
 
 def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None,

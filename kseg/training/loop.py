@@ -80,6 +80,12 @@ def _shown(logs: dict) -> set:
     return {k for k in logs if weak or k not in ("bg_fraction", "fg_fraction", "adapt_bias")}
 
 
+def format_eta(seconds: float) -> str:
+    """'h:mm:ss' of a remaining time, e.g. format_eta(3725) == '1:02:05'."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
     """A warning when the E-step labels (almost) no pixel as foreground or as
     background: the classic collapse of weak training (docs/training.md)."""
@@ -165,13 +171,16 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 if step % loop.log_every == 0 or step == loop.num_steps:
                     lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
                     rate = (step - start_step) / max(time.time() - start, 1e-9)
+                    shown = {k: v for k, v in logs.items() if k in _shown(logs)}
                     logging.info(f"step {step}/{loop.num_steps} " + " ".join(
-                        f"{k}={v:.4f}" for k, v in logs.items() if k in _shown(logs))
-                        + f" lr={lr:.2e} ({rate:.2f} steps/s)")
+                        f"{k}={v:.4f}" for k, v in shown.items())
+                        + f" lr={lr:.2e} ({rate:.2f} steps/s, "
+                        f"ETA {format_eta((loop.num_steps - step) / max(rate, 1e-9))})")
                     warning = estep_warning(logs)
                     if warning:
                         logging.warning(f"warning at step {step}: {warning}")
-                    write_scalars(writer, step, {**logs, "learning_rate": lr})
+                    # Runs without weak examples have no E-step statistics to plot.
+                    write_scalars(writer, step, {**shown, "learning_rate": lr})
                     for m in trainer.metrics:
                         m.reset_state()
                 if bool(stop):
