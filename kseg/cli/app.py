@@ -15,7 +15,9 @@ from typing import Callable
 from absl import app, flags, logging
 
 from kseg.cli import tf_log
-from kseg.cli.flags import expand_flagfiles
+from kseg.cli.flags import expand_flagfiles, help_text
+
+HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 
 # What a bad setting, a bad path or bad data raise (kseg.data.errors.DataError
 # and kseg.training.checkpoints.RunMismatchError are ValueErrors; a missing file
@@ -90,5 +92,10 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
     if main_module is not None:
         main_module.__doc__ = sys.modules[main.__module__].__doc__
     define_verbose_flag()
+    argv = expand_flagfiles(sys.argv if argv is None else argv)
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        # absl's --help lists the flags of the __main__ module only (none here).
+        print(help_text(flags.FLAGS, sys.modules[main.__module__].__doc__ or ""))
+        sys.exit(0)
     app.call_after_init(plain_log_lines)
-    app.run(one_line_errors(main), argv=expand_flagfiles(sys.argv if argv is None else argv))
+    app.run(one_line_errors(main), argv=argv)
