@@ -47,11 +47,14 @@ def setting(default: Any = dataclasses.MISSING, help: str = "",
 class DataConfig:
     """Which records train and validate, and how examples are supervised.
 
-    `supervision` is the kind of every training example, or, when
-    `num_strong` >= 0, of the weak part: the first `num_strong` images of a
-    seeded permutation of the training list are strong, the rest weak, and
-    each batch holds `strong_per_batch` + `weak_per_batch` of them. With
-    `weak_per_batch` = 0 the run trains on the strong subset alone.
+    `supervision` is the kind of every training example, or, in a semi run,
+    of the weak part. A semi run takes its strong images from `strong_split`
+    (a prepared split, e.g. VOC's 1,464-image `train`, as the paper; the
+    weak part is the training split without those images) or else, when
+    `num_strong` >= 0, as the first `num_strong` images of a seeded
+    permutation of the training list (`num_strong` = the list's length: all
+    strong). Each batch holds `strong_per_batch` + `weak_per_batch` of them.
+    With `weak_per_batch` = 0 the run trains on the strong images alone.
     """
 
     dataset: str = setting(
@@ -77,13 +80,21 @@ class DataConfig:
     num_strong: int = setting(
         -1, "If >= 0: this many training images are strong (pixel labels), the rest use "
         "--supervision (semi-supervised).", joint_help="As --num_strong, for the joint dataset.")
+    strong_split: str | None = setting(
+        None, "Semi: a prepared split whose images are the strong ones (e.g. VOC's 1,464-image "
+        "'train'); the rest of --train_split uses --supervision. Overrides --num_strong.")
     strong_per_batch: int = setting(10, "Strong images per batch (semi).",
                                     joint_help="As --strong_per_batch, joint dataset.")
     weak_per_batch: int = setting(10, "Weak images per batch (semi).",
                                   joint_help="As --weak_per_batch, joint dataset.")
+    @property
+    def semi(self) -> bool:
+        """Whether batches mix strong and weak streams."""
+        return self.num_strong >= 0 or bool(self.strong_split)
+
     def __post_init__(self):
         counts = ({"weak_per_batch": self.weak_per_batch, "strong_per_batch": self.strong_per_batch}
-                  if self.num_strong >= 0 else {"batch_size": self.batch_size})
+                  if self.semi else {"batch_size": self.batch_size})
         for name, value in counts.items():
             if value < (0 if name == "weak_per_batch" else 1):
                 raise ValueError(f"--{name}={value}: a batch needs at least one image of "

@@ -61,17 +61,26 @@ def make_streams(data: DataConfig, data_dir: str, seed: int,
                             "(estimated from the boxes): run scripts/bbox_seg.py first") from e
         raise
     weak_pattern = records.split_pattern(data_dir, weak_split)
-    if data.num_strong < 0:
+    if not data.semi:
         return [pipeline.Stream(weak_pattern, data.supervision, data.batch_size,
                                 label_map=label_map)]
     ids = records.read_split_info(data_dir, data.train_split)["ids"]
-    if not 0 < data.num_strong < len(ids):
-        raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
-                         f"for split {data.train_split!r} of {data_dir}")
-    strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
-    streams = [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
-                               data.strong_per_batch, ids=strong, label_map=label_map)]
-    if data.weak_per_batch > 0:  # 0: the strong subset alone (the paper's "Strong 1,464" row)
+    if data.strong_split:  # the strong images are a split of their own (VOC's `train`)
+        strong = tuple(sorted(records.read_split_info(data_dir, data.strong_split)["ids"]))
+        strong_pattern = records.split_pattern(data_dir, data.strong_split)
+        all_strong = set(ids) <= set(strong)
+    else:
+        if not 0 < data.num_strong <= len(ids):
+            raise ValueError(f"--num_strong={data.num_strong} must be in (0, {len(ids)}] "
+                             f"for split {data.train_split!r} of {data_dir}")
+        strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
+        strong_pattern = records.split_pattern(data_dir, data.train_split)
+        all_strong = data.num_strong == len(ids)
+    streams = [pipeline.Stream(strong_pattern, "strong", data.strong_per_batch, ids=strong,
+                               label_map=label_map)]
+    # No weak part when every image is strong, or with --weak_per_batch=0 (the
+    # strong subset alone: the paper's "Strong 1,464" row).
+    if data.weak_per_batch > 0 and not all_strong:
         streams.append(pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch,
                                        ids=strong, exclude_ids=True, label_map=label_map))
     return streams
@@ -204,11 +213,14 @@ def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
 def load_network(model_dir: str):
     """Rebuilds a run's network from `config.json` and its newest checkpoint.
 
-    Returns (network, run config dict)."""
+    Returns (network, run config dict with "checkpoint": {path, step} of the
+    checkpoint loaded)."""
     config = checkpoints.load_run_config(model_dir)
     network = model_lib.build_deeplab(ModelConfig(**config["model"]))
     checkpoint = checkpoints.restore_network(network, model_dir)
     logging.info(f"loaded {checkpoint}")
+    step = checkpoint.rsplit("-", 1)[-1]
+    config["checkpoint"] = {"path": checkpoint, "step": int(step) if step.isdigit() else None}
     return network, config
 
 
@@ -227,7 +239,8 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
     result = metrics.evaluate(segment_lib.network_predictions(
         network, dataset, on_image, label_map=config.get("label_map")), len(names))
-    result.update(split=split, data_dir=data_dir, class_names=names)
+    result.update(split=split, data_dir=data_dir, class_names=names,
+                  checkpoint=config["checkpoint"])
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), result)
     return result
 
@@ -272,7 +285,8 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
             segment_lib.network_samples(network, dataset), network.output_shape[-1], setting,
             workers, chunk_size, on_image, start_method)
     for result in (plain, crf):
-        result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
+        result.update(split=split, data_dir=data_dir, class_names=config["class_names"],
+                      checkpoint=config["checkpoint"])
     crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags())
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
     files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)

@@ -91,3 +91,34 @@ def test_warmups_that_outlast_the_run_are_warned_about(tmp_path):
     assert len(warnings) == 1 and "--box_warmup_steps=100" in warnings[0]
     image_labels = dataclasses.replace(long_warmup, data=DataConfig(supervision="em_adapt"))
     assert "--weak_warmup_steps=500" in experiment.setting_warnings(image_labels)[0]
+
+
+def test_strong_images_from_a_split_or_all_of_them(tiny_records):
+    """Semi runs take their strong images from a split of their own (VOC's `train`,
+    as in the paper), the weak part being the rest; "all strong" needs no weak stream."""
+    from kseg.data import records
+    train_ids = records.read_split_info(tiny_records, "train")["ids"]
+    val_ids = records.read_split_info(tiny_records, "val")["ids"]
+    strong, weak = experiment.make_streams(
+        DataConfig(data_dir=tiny_records, supervision="bbox_em_fixed", strong_split="val"),
+        tiny_records, seed=0)
+    assert strong.kind == "strong" and strong.ids == tuple(sorted(val_ids))
+    assert strong.pattern == records.split_pattern(tiny_records, "val")
+    assert weak.kind == "bbox_em_fixed" and weak.exclude_ids and weak.ids == strong.ids
+    (only,) = experiment.make_streams(
+        DataConfig(data_dir=tiny_records, supervision="bbox_em_fixed",
+                   num_strong=len(train_ids)), tiny_records, seed=0)
+    assert only.kind == "strong" and sorted(only.ids) == sorted(train_ids)
+    with pytest.raises(ValueError, match="--num_strong=49"):
+        experiment.make_streams(DataConfig(data_dir=tiny_records, num_strong=49),
+                                tiny_records, seed=0)
+
+
+@pytest.mark.slow
+def test_evaluation_records_the_checkpoint_it_scored(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    experiment.run_training(_tiny(tiny_records, model_dir, val_split=""))
+    experiment.evaluate_run(model_dir, "val")
+    saved = json.load(open(os.path.join(model_dir, "eval_val.json")))
+    assert saved["checkpoint"] == {"path": os.path.join(model_dir, "checkpoints", "ckpt-2"),
+                                   "step": 2}
