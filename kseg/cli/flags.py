@@ -262,7 +262,13 @@ def expand_flagfiles(argv: Sequence[str]) -> list[str]:
 
 def default_model_dir(argv: Sequence[str]) -> str:
     """runs/<name of the last --flagfile on the command line>, or runs/default:
-    the method's flagfile, not the base it includes (docs/configuration.md)."""
+    the method's flagfile, not the base it includes (docs/configuration.md).
+    A flagfile in a folder of flags/ is prefixed with it: flags/voc/strong.cfg
+    trains in runs/voc_strong, apart from flags/strong.cfg's runs/strong."""
     names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--flagfile=")]
-    return os.path.join("runs", os.path.splitext(os.path.basename(names[-1]))[0]
-                        if names else "default")
+    if not names:
+        return os.path.join("runs", "default")
+    folder, name = os.path.split(os.path.splitext(names[-1])[0])
+    if os.path.basename(os.path.dirname(folder)) == "flags":
+        name = f"{os.path.basename(folder)}_{name}"
+    return os.path.join("runs", name)

@@ -105,6 +105,28 @@ def test_default_model_dir_is_the_last_flagfile_on_the_command_line():
     assert cli_flags.default_model_dir(["prog", "--flagfile=flags/bbox_em.cfg"]) == \
         os.path.join("runs", "bbox_em")
     assert cli_flags.default_model_dir(["prog"]) == os.path.join("runs", "default")
+    assert cli_flags.default_model_dir(["prog", "--flagfile=flags/voc/strong.cfg"]) == \
+        os.path.join("runs", "voc_strong")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "voc", "*.cfg"))),
+                         ids=os.path.basename)
+def test_voc_flagfiles_have_the_papers_settings(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    values = _parse(cli_flags.expand_flagfiles(["prog", f"--flagfile={path}"]))
+    exp = cli_flags.experiment_from_flags("runs/x", values)
+    assert (exp.model.width, exp.model.num_classes, exp.input.crop_size, exp.init) == (
+        1.0, 21, 321, "imagenet")
+    assert (exp.optim.optimizer, exp.optim.learning_rate, exp.optim.lr_decay,
+            exp.optim.lr_decay_steps, exp.loop.num_steps) == ("sgd", 1e-3, 0.1, 2000, 6000)
+    assert (exp.estep.fg_bias, exp.estep.bg_bias, exp.estep.fg_portion,
+            exp.estep.bg_portion) == (5, 3, 0.2, 0.4)
+    assert exp.data.train_split == "train_aug" and exp.model.dropout == 0.5
+    image_labels_only = exp.data.supervision in ("em_fixed", "em_adapt") and not exp.data.semi
+    assert exp.model.fov == ("small" if image_labels_only else "large")
+    if exp.data.semi:
+        assert exp.data.strong_split == "train"
+        assert exp.data.weak_per_batch in (0, 15)
 
 
 def test_crf_flags_take_their_defaults_from_the_setting():
