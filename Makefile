@@ -1,12 +1,13 @@
 # make demo : create .venv, install kseg, train flags/strong.cfg on the embedded dataset, evaluate
 # make test : create .venv, install kseg[test], run the test suite
+# make clean: remove build artefacts (.venv, caches); trained runs stay
+# make clean-runs: delete runs/ and exports/ (trained models) -- asks first
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,4 +28,9 @@ bench: $(STAMP)
 	$(PY) scripts/benchmark.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-runs:
+	@printf 'Delete runs/ and exports/ (trained models)? [y/N] '; read answer; \
+	  [ "$$answer" = y ] && rm -rf runs exports || echo kept

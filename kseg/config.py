@@ -20,7 +20,7 @@ in processes that never run a network.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from kseg.constants import (BBOX_OUTSIDE_MODES, DATASETS, FOVS, IMAGE_LABEL_SOURCES, KINDS,
                             OPTIMIZERS, STRIDE)
@@ -47,11 +47,14 @@ def setting(default: Any = dataclasses.MISSING, help: str = "",
 class DataConfig:
     """Which records train and validate, and how examples are supervised.
 
-    `supervision` is the kind of every training example, or, when
-    `num_strong` >= 0, of the weak part: the first `num_strong` images of a
-    seeded permutation of the training list are strong, the rest weak, and
-    each batch holds `strong_per_batch` + `weak_per_batch` of them. With
-    `weak_per_batch` = 0 the run trains on the strong subset alone.
+    `supervision` is the kind of every training example, or, in a semi run,
+    of the weak part. A semi run takes its strong images from `strong_split`
+    (a prepared split, e.g. VOC's 1,464-image `train`, as the paper; the
+    weak part is the training split without those images) or else, when
+    `num_strong` >= 0, as the first `num_strong` images of a seeded
+    permutation of the training list (`num_strong` = the list's length: all
+    strong). Each batch holds `strong_per_batch` + `weak_per_batch` of them.
+    With `weak_per_batch` = 0 the run trains on the strong images alone.
     """
 
     dataset: str = setting(
@@ -77,10 +80,26 @@ class DataConfig:
     num_strong: int = setting(
         -1, "If >= 0: this many training images are strong (pixel labels), the rest use "
         "--supervision (semi-supervised).", joint_help="As --num_strong, for the joint dataset.")
+    strong_split: str | None = setting(
+        None, "Semi: a prepared split whose images are the strong ones (e.g. VOC's 1,464-image "
+        "'train'); the rest of --train_split uses --supervision. Overrides --num_strong.")
     strong_per_batch: int = setting(10, "Strong images per batch (semi).",
                                     joint_help="As --strong_per_batch, joint dataset.")
     weak_per_batch: int = setting(10, "Weak images per batch (semi).",
                                   joint_help="As --weak_per_batch, joint dataset.")
+    @property
+    def semi(self) -> bool:
+        """Whether batches mix strong and weak streams."""
+        return self.num_strong >= 0 or bool(self.strong_split)
+
+    def __post_init__(self):
+        counts = ({"weak_per_batch": self.weak_per_batch, "strong_per_batch": self.strong_per_batch}
+                  if self.semi else {"batch_size": self.batch_size})
+        for name, value in counts.items():
+            if value < (0 if name == "weak_per_batch" else 1):
+                raise ValueError(f"--{name}={value}: a batch needs at least one image of "
+                                 "each stream")
+
     # Cross-Joint: a second dataset trained in the same batches. The model's
     # labels are then the joint dataset's; this dataset's labels map into
     # them by class name (VOC names through kseg.data.coco.VOC_TO_COCO) and
@@ -90,7 +109,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """What defines the network. `width` scales every channel count."""
+    """What defines the network. `width` scales every channel count.
+
+    A run directory trained again must keep every field but those in
+    `TRAINING_ONLY`, which change how the network trains, not its weights
+    (kseg.training.checkpoints.check_same_run)."""
+
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("dropout",)
 
     num_classes: int = setting(21, "Labels including background.")
     fov: str = setting("large", "fc6 field of view.", tuple(FOVS))

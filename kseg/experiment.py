@@ -52,25 +52,35 @@ def make_streams(data: DataConfig, data_dir: str, seed: int,
     labels renamed by `label_map` (see pipeline.Stream)."""
     targets.kind_id(data.supervision)
     weak_split = data.weak_split or data.train_split
+    records.read_split_info(data_dir, data.train_split)  # a clear error if missing
     try:
-        records.read_split_info(data_dir, weak_split)  # a clear error if missing
+        records.read_split_info(data_dir, weak_split)
     except DataError as e:
-        if data.supervision == "bbox_seg":
-            raise DataError(f"{e}. Bbox-Seg trains on masks estimated from the boxes: "
-                            f"run scripts/bbox_seg.py to write the split {weak_split!r}") from e
+        if data.supervision == "bbox_seg":  # the records are there: only the masks are missing
+            raise DataError(f"{data_dir} has no split {weak_split!r} of Bbox-Seg masks "
+                            "(estimated from the boxes): run scripts/bbox_seg.py first") from e
         raise
     weak_pattern = records.split_pattern(data_dir, weak_split)
-    if data.num_strong < 0:
+    if not data.semi:
         return [pipeline.Stream(weak_pattern, data.supervision, data.batch_size,
                                 label_map=label_map)]
     ids = records.read_split_info(data_dir, data.train_split)["ids"]
-    if not 0 < data.num_strong < len(ids):
-        raise ValueError(f"num_strong={data.num_strong} must be in (0, {len(ids)}) "
-                         f"for split {data.train_split!r} of {data_dir}")
-    strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
-    streams = [pipeline.Stream(records.split_pattern(data_dir, data.train_split), "strong",
-                               data.strong_per_batch, ids=strong, label_map=label_map)]
-    if data.weak_per_batch > 0:  # 0: the strong subset alone (the paper's "Strong 1,464" row)
+    if data.strong_split:  # the strong images are a split of their own (VOC's `train`)
+        strong = tuple(sorted(records.read_split_info(data_dir, data.strong_split)["ids"]))
+        strong_pattern = records.split_pattern(data_dir, data.strong_split)
+        all_strong = set(ids) <= set(strong)
+    else:
+        if not 0 < data.num_strong <= len(ids):
+            raise ValueError(f"--num_strong={data.num_strong} must be in (0, {len(ids)}] "
+                             f"for split {data.train_split!r} of {data_dir}")
+        strong = tuple(np.random.default_rng(seed).permutation(sorted(ids))[:data.num_strong])
+        strong_pattern = records.split_pattern(data_dir, data.train_split)
+        all_strong = data.num_strong == len(ids)
+    streams = [pipeline.Stream(strong_pattern, "strong", data.strong_per_batch, ids=strong,
+                               label_map=label_map)]
+    # No weak part when every image is strong, or with --weak_per_batch=0 (the
+    # strong subset alone: the paper's "Strong 1,464" row).
+    if data.weak_per_batch > 0 and not all_strong:
         streams.append(pipeline.Stream(weak_pattern, data.supervision, data.weak_per_batch,
                                        ids=strong, exclude_ids=True, label_map=label_map))
     return streams
@@ -116,17 +126,44 @@ def val_evaluator(data_dir: str, split: str, num_classes: int,
     return run
 
 
-def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None) -> dict:
-    """Trains (or resumes) the experiment in `exp.loop.model_dir`."""
+def setting_warnings(exp: Experiment) -> list[str]:
+    """Settings that are valid but make part of the run do nothing."""
+    kinds = {exp.data.supervision} | ({exp.data.joint.supervision} if exp.data.joint else set())
+    out = []
+    if "bbox_em_fixed" in kinds and 0 < exp.loop.num_steps <= exp.estep.box_warmup_steps:
+        out.append(f"--num_steps={exp.loop.num_steps} <= --box_warmup_steps="
+                   f"{exp.estep.box_warmup_steps}: Bbox-EM-Fixed never runs its E-step")
+    if kinds & {"em_fixed", "em_adapt"} and (
+            0 < exp.loop.num_steps <= exp.estep.weak_warmup_steps):
+        out.append(f"--num_steps={exp.loop.num_steps} <= --weak_warmup_steps="
+                   f"{exp.estep.weak_warmup_steps}: the image-label examples never train")
+    return out
+
+
+def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None,
+                 other_files: dict[str, str] | None = None) -> dict:
+    """Trains (or resumes) the experiment in `exp.loop.model_dir`.
+
+    A directory that already holds a run must hold this run: a network or
+    data setting that differs from its `config.json` raises
+    checkpoints.RunMismatchError before anything is written. `config.json`
+    (and `other_files`, name -> text, e.g. the command's flags) are written
+    once the newest checkpoint is restored, or when there is none; invalid
+    data fails before that, leaving the directory as it was.
+    """
     keras.utils.set_random_seed(exp.seed)
+    for warning in setting_warnings(exp):
+        logging.warning(f"warning: {warning}")
     streams, info = training_setup(exp.data, exp.seed)
     if len(info["class_names"]) != exp.model.num_classes:
         raise ValueError(f"the model has {exp.model.num_classes} classes but the data has "
                          f"{len(info['class_names'])} ({info['class_names']}); set --num_classes")
+    run_config = {**dataclasses.asdict(exp), **info}
+    checkpoints.check_same_run(exp.loop.model_dir, run_config)
     init = resolve_init(exp.init, exp.model)
     if init != exp.init:
-        info.update(init_weights=init, init_val_top1=pretrain.backbone_info(init)["val_top1"])
-    checkpoints.save_run_config(exp.loop.model_dir, {**dataclasses.asdict(exp), **info})
+        run_config.update(init_weights=init,
+                          init_val_top1=pretrain.backbone_info(init)["val_top1"])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         network = model_lib.build_deeplab(exp.model)
@@ -140,7 +177,8 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     if exp.data.val_split:
         evaluate_fn = val_evaluator(info["data_dir"], exp.data.val_split,
                                     len(info["eval_class_names"]), info["label_map"])
-    return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy)
+    return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy, on_restored=lambda: (
+        checkpoints.save_run_config(exp.loop.model_dir, run_config, other_files)))
 
 
 EMBEDDED_IMAGENET = "embedded_imagenet"
@@ -175,12 +213,21 @@ def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
 def load_network(model_dir: str):
     """Rebuilds a run's network from `config.json` and its newest checkpoint.
 
-    Returns (network, run config dict)."""
+    Returns (network, run config dict with "checkpoint": {path, step} of the
+    checkpoint loaded)."""
     config = checkpoints.load_run_config(model_dir)
     network = model_lib.build_deeplab(ModelConfig(**config["model"]))
     checkpoint = checkpoints.restore_network(network, model_dir)
     logging.info(f"loaded {checkpoint}")
+    step = checkpoint.rsplit("-", 1)[-1]
+    config["checkpoint"] = {"path": checkpoint, "step": int(step) if step.isdigit() else None}
     return network, config
+
+
+def split_size(model_dir: str, split: str = "val", data_dir: str | None = None) -> int:
+    """Images in a prepared split of a run's data (or of `data_dir`)."""
+    data_dir = data_dir or checkpoints.load_run_config(model_dir)["data_dir"]
+    return records.read_split_info(data_dir, split)["num_images"]
 
 
 def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None,
@@ -192,7 +239,8 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
     result = metrics.evaluate(segment_lib.network_predictions(
         network, dataset, on_image, label_map=config.get("label_map")), len(names))
-    result.update(split=split, data_dir=data_dir, class_names=names)
+    result.update(split=split, data_dir=data_dir, class_names=names,
+                  checkpoint=config["checkpoint"])
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), result)
     return result
 
@@ -239,7 +287,8 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
             segment_lib.network_samples(network, dataset), network.output_shape[-1], setting,
             workers, chunk_size, on_image, start_method, impl)
     for result in (plain, crf):
-        result.update(split=split, data_dir=data_dir, class_names=config["class_names"])
+        result.update(split=split, data_dir=data_dir, class_names=config["class_names"],
+                      checkpoint=config["checkpoint"])
     crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags(), crf_impl=impl)
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
     files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)

@@ -185,7 +185,16 @@ def vgg16_backbone(fov: str, weights: str = "imagenet") -> dict:
     local path to a `keras.applications.VGG16` weights file (with the top).
     conv1-conv5 are copied; fc6/fc7 come from fc1/fc2 by `_fc_surgery`.
     """
-    vgg = keras.applications.VGG16(weights=weights, include_top=True)
+    try:
+        vgg = keras.applications.VGG16(weights=weights, include_top=True)
+    except Exception as e:  # Keras raises a bare Exception for a failed download
+        if weights != "imagenet":
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConnectionError(
+            f"--init=imagenet: Keras could not download the VGG-16 ImageNet weights ({reason}); "
+            "without network, pass --init=PATH to a local Keras VGG-16 weights file "
+            "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, with the top)") from e
     out = {layer.name: layer.get_weights() for layer in vgg.layers
            if layer.name.startswith("block") and "conv" in layer.name}
     fc1 = vgg.get_layer("fc1").get_weights()

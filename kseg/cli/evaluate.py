@@ -57,7 +57,8 @@ def evaluate_plain():
     from kseg import experiment  # TensorFlow: see the imports above
     if FLAGS.masks_dir:
         os.makedirs(FLAGS.masks_dir, exist_ok=True)
-    progress = Progress(total=None, desc=f"evaluating {FLAGS.split}")
+    total = experiment.split_size(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir)
+    progress = Progress(total=total, desc=f"evaluating {FLAGS.split}")
 
     def on_image(image_id, image, probs, prediction):
         if FLAGS.masks_dir:

@@ -114,6 +114,66 @@ def experiment_from_flags(model_dir: str, values: flags.FlagValues = FLAGS) -> c
                loop=get(config.LoopConfig, model_dir=model_dir))
 
 
+# --- --help, grouped -------------------------------------------------------------
+
+# The group of each config class's flags in --help, in the order shown.
+CONFIG_GROUPS = {config.DataConfig: "data", config.InputConfig: "data",
+                 config.ModelConfig: "model", config.EStepConfig: "supervision / E-step",
+                 config.OptimConfig: "optimiser", config.LoopConfig: "loop"}
+# Flags whose group is not their class's (Experiment's fields) or that have no class.
+FLAG_GROUPS = {"init": "model", "init_from": "model", "reset_classifier": "model",
+               "seed": "loop", "strategy": "distribution", "workers": "CRF",
+               "verbose": "messages"}
+GROUP_ORDER = ("this command", "data", "model", "supervision / E-step", "optimiser", "loop",
+               "distribution", "Cross-Joint dataset", "CRF", "messages")
+
+
+def flag_group(name: str) -> str:
+    """The --help group of a kseg flag (GROUP_ORDER)."""
+    if name in FLAG_GROUPS:
+        return FLAG_GROUPS[name]
+    for cls, group in CONFIG_GROUPS.items():
+        if any(f.name == name for f in setting_fields(cls)):
+            return group
+    if name.startswith("joint_"):
+        return "Cross-Joint dataset"
+    if name.startswith("crf_"):
+        return "CRF"
+    return "this command"
+
+
+def help_text(values: flags.FlagValues = FLAGS, usage: str = "", width: int = 100) -> str:
+    """`usage`, then every flag that kseg defines in `values` (absl's own are
+    left to --helpfull), grouped (GROUP_ORDER), each with its default and help."""
+    import textwrap
+    shared = ("kseg.cli.flags", "kseg.cli.app")  # else: defined by the command itself
+    modules = {flag.name: module for module, module_flags in values.flags_by_module_dict().items()
+               if module.startswith("kseg") for flag in module_flags}
+    groups: dict[str, list[str]] = {}
+    for name in sorted(modules):
+        flag = values[name]
+        default = flag.default
+        default = (str(default).lower() if isinstance(default, bool)
+                   else "''" if default == "" else default)
+        head = f"  --{name}" + (f" (default: {default})" if default is not None else "")
+        choices = getattr(flag.parser, "enum_values", None)
+        help_line = flag.help
+        if choices:
+            head += f" [{'|'.join(choices)}]"
+            help_line = help_line.removeprefix(f"<{'|'.join(choices)}>: ")
+        body = textwrap.fill(help_line, width, initial_indent=" " * 6,
+                             subsequent_indent=" " * 6)
+        group = (flag_group(name) if modules[name] in shared or name in FLAG_GROUPS
+                 else "this command")
+        groups.setdefault(group, []).append(f"{head}\n{body}")
+    out = [usage.strip(), ""] if usage.strip() else []
+    for group in sorted(groups, key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER
+                        else len(GROUP_ORDER)):
+        out += [f"{group}:", *groups[group], ""]
+    out.append("Flagfiles: --flagfile=FILE. absl's own flags (logging, ...): --helpfull.")
+    return "\n".join(out)
+
+
 # --- Shared by several commands -------------------------------------------------
 
 
@@ -211,7 +271,13 @@ def expand_flagfiles(argv: Sequence[str]) -> list[str]:
 
 def default_model_dir(argv: Sequence[str]) -> str:
     """runs/<name of the last --flagfile on the command line>, or runs/default:
-    the method's flagfile, not the base it includes (docs/configuration.md)."""
+    the method's flagfile, not the base it includes (docs/configuration.md).
+    A flagfile in a folder of flags/ is prefixed with it: flags/voc/strong.cfg
+    trains in runs/voc_strong, apart from flags/strong.cfg's runs/strong."""
     names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--flagfile=")]
-    return os.path.join("runs", os.path.splitext(os.path.basename(names[-1]))[0]
-                        if names else "default")
+    if not names:
+        return os.path.join("runs", "default")
+    folder, name = os.path.split(os.path.splitext(names[-1])[0])
+    if os.path.basename(os.path.dirname(folder)) == "flags":
+        name = f"{os.path.basename(folder)}_{name}"
+    return os.path.join("runs", name)

@@ -42,14 +42,12 @@ def define_flags():
 
 def main(argv):
     del argv
-    try:
-        paths = predict.list_images(FLAGS.input)
-        if FLAGS.saved_model:
-            predictor = predict.SavedModelPredictor(FLAGS.saved_model)
-        else:
-            predictor = predict.KerasPredictor.from_run(FLAGS.model_dir)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    # A missing input or run ends in one `error:` line (kseg.cli.app.one_line_errors).
+    paths = predict.list_images(FLAGS.input)
+    if FLAGS.saved_model:
+        predictor = predict.SavedModelPredictor(FLAGS.saved_model)
+    else:
+        predictor = predict.KerasPredictor.from_run(FLAGS.model_dir)
     setting = cli_flags.crf_setting_from_flags() if FLAGS.crf else None
     summary = predict.predict_images(paths, predictor, FLAGS.output, setting,
                                      FLAGS.workers, crf_impl=FLAGS.crf_impl)

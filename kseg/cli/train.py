@@ -17,7 +17,6 @@ and TF_CONFIG naming the cluster and this machine's task, e.g.
 Installed, `kseg-train FLAGS` is the same as `python scripts/train.py FLAGS`.
 """
 
-import os
 import sys
 
 from absl import flags
@@ -45,13 +44,11 @@ def main(argv):
     # Multi-worker strategies must exist before TensorFlow runs any op.
     strategy = distribute.make_strategy(FLAGS.strategy)
     model_dir = FLAGS.model_dir or cli_flags.default_model_dir(sys.argv)
-    os.makedirs(model_dir, exist_ok=True)
-    if distribute.is_chief(strategy):
-        with open(os.path.join(model_dir, "flags.txt"), "w") as f:
-            f.write(FLAGS.flags_into_string())
     exp = cli_flags.experiment_from_flags(model_dir)
     try:
-        experiment.run_training(exp, strategy=strategy)
+        # flags.txt is written with config.json, once the run is known to be this one.
+        experiment.run_training(exp, strategy=strategy,
+                                other_files={"flags.txt": FLAGS.flags_into_string()})
     except loop.TrainingInterrupted as e:
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)

@@ -201,6 +201,9 @@ def split_pattern(out_dir: str, split: str) -> str:
 def read_split_info(out_dir: str, split: str) -> dict:
     """The `<split>.json` written with the shards; DataError if absent."""
     path = os.path.join(out_dir, f"{split}.json")
+    if not os.path.isdir(out_dir):
+        raise DataError(f"{out_dir}: no such directory of prepared records "
+                        "(scripts/prepare_data.py writes one)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no prepared split {split!r} here "
                         "(run scripts/prepare_data.py first)")

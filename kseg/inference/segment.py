@@ -18,6 +18,20 @@ from kseg.crf.evaluate import CRFSample
 from kseg.model import preprocess
 
 
+def resize_aligned(images: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Bilinear resize with aligned corners: (B, h, w, C) -> (B, H, W, C) float32.
+
+    The corner pixels of input and output coincide, so a (k+1)-pixel score
+    map of stride 8 lands on the 8k+1 input pixels (DeepLab's upsampling,
+    Caffe's Interp layer). `tf.image.resize` has no aligned-corner mode; this
+    is the ResizeBilinear op behind the deprecated
+    `tf.compat.v1.image.resize_bilinear(..., align_corners=True)`, called
+    directly (same values, no deprecation warning).
+    """
+    return tf.raw_ops.ResizeBilinear(images=images, size=tf.cast(size, tf.int32),
+                                     align_corners=True, half_pixel_centers=False)
+
+
 def segment(network: keras.Model, images: tf.Tensor) -> tf.Tensor:
     """Class probabilities at the input size.
 
@@ -30,8 +44,7 @@ def segment(network: keras.Model, images: tf.Tensor) -> tf.Tensor:
     x = preprocess(images)  # (B, H, W, 3)
     x = tf.pad(x, [[0, 0], [0, padded_h - height], [0, padded_w - width], [0, 0]])
     scores = network(x, training=False)  # (B, k+1, l+1, C)
-    scores = tf.compat.v1.image.resize_bilinear(scores, tf.stack([padded_h, padded_w]),
-                                                align_corners=True)
+    scores = resize_aligned(scores, tf.stack([padded_h, padded_w]))
     return tf.nn.softmax(scores[:, :height, :width], axis=-1)  # (B, H, W, C)
 
 

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from kseg.config import LoopConfig
+from kseg.config import LoopConfig, ModelConfig
 from kseg.utils import files
 
 
@@ -98,11 +98,76 @@ def restore_network(network: keras.Model, model_dir: str) -> str:
     return latest
 
 
-def save_run_config(model_dir: str, config: dict) -> None:
-    """Writes the run's settings as `model_dir/config.json` (model, data, E-step)."""
+def save_run_config(model_dir: str, config: dict, other_files: dict | None = None) -> None:
+    """Writes the run's settings as `model_dir/config.json` (model, data, E-step),
+    and each of `other_files` (name -> text, e.g. the flags as `flags.txt`)."""
     os.makedirs(model_dir, exist_ok=True)
     # Several workers may write it at once: each through its own temporary file.
     files.write_json(os.path.join(model_dir, "config.json"), config, default=str)
+    for name, text in (other_files or {}).items():
+        files.write_text(os.path.join(model_dir, name), text)
+
+
+class RunMismatchError(ValueError):
+    """A run directory is trained again with settings that define another
+    network or other data than the run it holds."""
+
+
+# Beyond the network (ModelConfig), what makes a run's checkpoints mean what
+# they mean: the weights it started from and the data and labels it learns.
+# Rates, steps, logging, E-step constants and dropout may change on a rerun.
+_RUN_DATA = ("init", "init_from", "reset_classifier", "data.dataset", "data.train_split",
+             "data.weak_split", "data.supervision", "data.num_strong", "data.strong_split",
+             "class_names", "eval_class_names", "label_map", "data_dir", "joint_data_dir")
+
+
+def _setting(config: dict, key: str):
+    """config["a"]["b"] for key "a.b"; KeyError if absent."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _comparable(key: str, value):
+    if key.endswith("data_dir") and isinstance(value, str):
+        return os.path.realpath(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run_differences(old: dict, new: dict) -> list[str]:
+    """`name: old -> new` for every setting defining the network or the data
+    (see `_RUN_DATA`; ModelConfig but its TRAINING_ONLY fields) that differs
+    between two run configs. Settings that the older config lacks (written by
+    an older kseg) are not compared."""
+    keys = [f"model.{name}" for name in new.get("model", {})
+            if name not in ModelConfig.TRAINING_ONLY] + list(_RUN_DATA)
+    out = []
+    for key in keys:
+        try:
+            before, after = _setting(old, key), _setting(new, key)
+        except (KeyError, TypeError):
+            continue
+        if _comparable(key, before) != _comparable(key, after):
+            out.append(f"{key.rsplit('.', 1)[-1]}: {before!r} there, {after!r} here")
+    return out
+
+
+def check_same_run(model_dir: str, config: dict) -> None:
+    """Raises RunMismatchError when `model_dir` already holds a run (its
+    `config.json`) whose network or data differs from `config`'s, naming the
+    differing settings in one line. A new directory passes."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    differences = run_differences(old, json.loads(json.dumps(config, default=str)))
+    if differences:
+        raise RunMismatchError(
+            f"{model_dir} holds a run with another network or data ({'; '.join(differences)}); "
+            f"train in a new --model_dir, or rerun with that run's settings "
+            f"({os.path.join(model_dir, 'flags.txt')})")
 
 
 def load_run_config(model_dir: str) -> dict:

@@ -80,6 +80,12 @@ def _shown(logs: dict) -> set:
     return {k for k in logs if weak or k not in ("bg_fraction", "fg_fraction", "adapt_bias")}
 
 
+def format_eta(seconds: float) -> str:
+    """'h:mm:ss' of a remaining time, e.g. format_eta(3725) == '1:02:05'."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
     """A warning when the E-step labels (almost) no pixel as foreground or as
     background: the classic collapse of weak training (docs/training.md)."""
@@ -99,7 +105,8 @@ def estep_warning(logs: dict, threshold: float = 0.01) -> str | None:
 
 def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
           evaluate_fn: Callable[[keras.Model], dict] | None = None,
-          strategy: tf.distribute.Strategy | None = None) -> dict:
+          strategy: tf.distribute.Strategy | None = None,
+          on_restored: Callable[[], None] | None = None) -> dict:
     """Runs (or resumes) training; returns the final training metrics.
 
     `dataset` yields *global* batches; each replica trains on its slice
@@ -109,6 +116,8 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
     last good checkpoint. SIGTERM/SIGINT: checkpoint, then raise
     `TrainingInterrupted`. Only the chief writes summaries and evaluates.
     Progress goes to absl.logging: a line every `loop.log_every` steps.
+    The chief calls `on_restored` once the checkpoint is restored (or there
+    is none), before the first step: the run's own files are written then.
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = is_chief(strategy)
@@ -125,6 +134,8 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                      f"learning rate {float(trainer.optimizer.learning_rate):.6g}")
     if step >= loop.num_steps:
         logging.info(f"step {step} >= num_steps {loop.num_steps}: nothing to train")
+    if chief and on_restored is not None:
+        on_restored()
 
     def replica_step(batch, stop):
         logs = trainer.train_step(batch)
@@ -160,13 +171,16 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 if step % loop.log_every == 0 or step == loop.num_steps:
                     lr = float(trainer.optimizer.learning_rate)  # the rate of the next step
                     rate = (step - start_step) / max(time.time() - start, 1e-9)
+                    shown = {k: v for k, v in logs.items() if k in _shown(logs)}
                     logging.info(f"step {step}/{loop.num_steps} " + " ".join(
-                        f"{k}={v:.4f}" for k, v in logs.items() if k in _shown(logs))
-                        + f" lr={lr:.2e} ({rate:.2f} steps/s)")
+                        f"{k}={v:.4f}" for k, v in shown.items())
+                        + f" lr={lr:.2e} ({rate:.2f} steps/s, "
+                        f"ETA {format_eta((loop.num_steps - step) / max(rate, 1e-9))})")
                     warning = estep_warning(logs)
                     if warning:
                         logging.warning(f"warning at step {step}: {warning}")
-                    write_scalars(writer, step, {**logs, "learning_rate": lr})
+                    # Runs without weak examples have no E-step statistics to plot.
+                    write_scalars(writer, step, {**shown, "learning_rate": lr})
                     for m in trainer.metrics:
                         m.reset_state()
                 if bool(stop):

@@ -3,6 +3,8 @@
 import dataclasses
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -103,6 +105,28 @@ def test_default_model_dir_is_the_last_flagfile_on_the_command_line():
     assert cli_flags.default_model_dir(["prog", "--flagfile=flags/bbox_em.cfg"]) == \
         os.path.join("runs", "bbox_em")
     assert cli_flags.default_model_dir(["prog"]) == os.path.join("runs", "default")
+    assert cli_flags.default_model_dir(["prog", "--flagfile=flags/voc/strong.cfg"]) == \
+        os.path.join("runs", "voc_strong")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "voc", "*.cfg"))),
+                         ids=os.path.basename)
+def test_voc_flagfiles_have_the_papers_settings(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    values = _parse(cli_flags.expand_flagfiles(["prog", f"--flagfile={path}"]))
+    exp = cli_flags.experiment_from_flags("runs/x", values)
+    assert (exp.model.width, exp.model.num_classes, exp.input.crop_size, exp.init) == (
+        1.0, 21, 321, "imagenet")
+    assert (exp.optim.optimizer, exp.optim.learning_rate, exp.optim.lr_decay,
+            exp.optim.lr_decay_steps, exp.loop.num_steps) == ("sgd", 1e-3, 0.1, 2000, 6000)
+    assert (exp.estep.fg_bias, exp.estep.bg_bias, exp.estep.fg_portion,
+            exp.estep.bg_portion) == (5, 3, 0.2, 0.4)
+    assert exp.data.train_split == "train_aug" and exp.model.dropout == 0.5
+    image_labels_only = exp.data.supervision in ("em_fixed", "em_adapt") and not exp.data.semi
+    assert exp.model.fov == ("small" if image_labels_only else "large")
+    if exp.data.semi:
+        assert exp.data.strong_split == "train"
+        assert exp.data.weak_per_batch in (0, 15)
 
 
 def test_crf_flags_take_their_defaults_from_the_setting():
@@ -112,3 +136,33 @@ def test_crf_flags_take_their_defaults_from_the_setting():
     setting = cli_flags.crf_setting_from_flags(values)
     assert setting.params.bi_w == 7.0 and setting.reference_size == 0
     assert values["crf_num_iter"].help.startswith("Start: ")
+
+
+def test_help_lists_each_flag_in_its_group_with_default_and_meaning():
+    values = flags.FlagValues()
+    cli_flags.define_experiment_flags(values)
+    text = cli_flags.help_text(values, "Usage line.")
+    assert text.startswith("Usage line.")
+    headers = [line for line in text.splitlines() if line.endswith(":") and line[0] != " "]
+    assert headers == ["data:", "model:", "supervision / E-step:", "optimiser:", "loop:",
+                       "Cross-Joint dataset:"]
+    sections = {block.split(":\n")[0]: block for block in text.split("\n\n")}
+    assert "  --batch_size (default: 20)\n      Images per batch" in sections["data"]
+    assert "  --width (default: 1.0)\n      Channel width multiplier" in sections["model"]
+    assert "  --init (default: random)" in sections["model"]
+    assert "  --fg_bias (default: 5.0)" in sections["supervision / E-step"]
+    assert "  --optimizer (default: sgd) [sgd|adam]\n      SGD with momentum" in sections["optimiser"]
+    assert "  --num_steps (default: 6000)" in sections["loop"]
+    every_flag = {name for name in values if name != "flagfile"}
+    assert every_flag <= {line.split()[0][2:] for line in text.splitlines()
+                          if line.startswith("  --")}
+
+
+@pytest.mark.slow
+def test_train_help_shows_the_grouped_flags():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--help"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.startswith("Trains DeepLab")
+    assert "\ndistribution:\n  --strategy [default|mirrored|multi_worker]" in out.stdout
+    assert "\nmessages:\n  --verbose (default: false)" in out.stdout
+    assert "--weak_warmup_steps (default: 0)" in out.stdout

@@ -137,7 +137,7 @@ def test_clear_errors(run_dir, tmp_path):
                           f"--model_dir={run_dir}", f"--input={tmp_path / 'empty'}",
                           f"--output={tmp_path / 'out'}"], capture_output=True, text=True,
                          timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert run.returncode == 1 and "error: --input: folder" in run.stderr
+    assert run.returncode == 2 and "error: --input: folder" in run.stderr
 
 
 def test_output_names_disambiguate_same_file_names():

@@ -23,3 +23,15 @@ def test_segment_aligns_score_pixels_with_image_pixels():
         rows, last = (h - 1) // 8 * 8 + 1, (w - 1) // 8 * 8 + 1
         np.testing.assert_allclose(logit_diff[:rows, :last], np.broadcast_to(
             expected[:last], (rows, last)), atol=2e-3)
+
+
+def test_resize_aligned_equals_the_deprecated_aligned_corner_resize():
+    """The replacement of tf.compat.v1.image.resize_bilinear(align_corners=True)
+    gives the same values: corners on corners, e.g. 2 -> 3 pixels is [a, (a+b)/2, b]."""
+    scores = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 7, 3)), tf.float32)
+    for size in ([33, 49], [5, 7], [9, 4]):
+        old = tf.compat.v1.image.resize_bilinear(scores, size, align_corners=True)
+        np.testing.assert_array_equal(segment_lib.resize_aligned(scores, tf.constant(size)).numpy(),
+                                      old.numpy())
+    row = tf.constant([[[[0.0], [2.0]]]])  # (1, 1, 2, 1)
+    assert segment_lib.resize_aligned(row, [1, 3]).numpy().ravel().tolist() == [0.0, 1.0, 2.0]
