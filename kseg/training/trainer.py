@@ -59,17 +59,18 @@ def step_seeds(run_seed: int, step, num: int) -> tf.Tensor:
     A pure function of (run_seed, step, replica id): nothing random is
     carried from step to step, so nothing but the step counter needs to be
     checkpointed for the draws to continue where they stopped. Each replica
-    draws its own (replica 0 of a multi-replica run draws what a one-device
-    run draws, the others differently), so random draws depend on how a
-    global batch is split, unlike the gradient of a step without them.
+    folds in its id and draws for its own slice of the global batch, so the
+    draws (unlike the gradient of a step without them) depend on how a batch
+    is split over replicas: a run is reproducible for a given number of
+    replicas.
 
     Returns (num, 2) int64, one seed per row for `tf.random.stateless_*`.
     """
     seed = tf.random.experimental.stateless_fold_in(
         tf.constant([run_seed, 0], tf.int64), tf.cast(step, tf.int64))
     context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    seed = tf.random.experimental.stateless_fold_in(seed, replica)
     return tf.random.experimental.stateless_split(seed, num)  # (num, 2)
 
 
