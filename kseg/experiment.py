@@ -170,7 +170,7 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
         model_lib.initialise(network, exp.model.fov, init)
         if exp.init_from:
             init_from_run(network, exp.init_from, exp.reset_classifier)
-        trainer = trainer_lib.Trainer(network, exp.estep, exp.optim)
+        trainer = trainer_lib.Trainer(network, exp.estep, exp.optim, seed=exp.seed)
         trainer.compile(optimizer=trainer_lib.make_optimizer(exp.optim))
     dataset = pipeline.train_dataset(streams, exp.input)
     evaluate_fn = None

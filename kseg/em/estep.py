@@ -135,7 +135,7 @@ def _visiting_order(present, num_iter, seed):
     Args:
       present: (B, C) bool.
       num_iter: int, number of passes.
-      seed: None for stateful random ops, or an int for stateless ones.
+      seed: None for stateful random ops, or a stateless seed (see `em_adapt`).
 
     Returns:
       (num_iter * P, B) int32 label index per slot and image.
@@ -146,7 +146,9 @@ def _visiting_order(present, num_iter, seed):
     if seed is None:
         keys = tf.random.uniform(shape)  # (T, B, C-1)
     else:
-        keys = tf.random.stateless_uniform(shape, seed=[int(seed), 0])  # (T, B, C-1)
+        if isinstance(seed, int):
+            seed = [seed, 0]
+        keys = tf.random.stateless_uniform(shape, seed=seed)  # (T, B, C-1)
     keys = tf.where(present[tf.newaxis, :, 1:], keys, 2.0)  # absent labels last
     fg_order = tf.argsort(keys, axis=-1) + 1  # (T, B, C-1) int32
     bg_first = tf.zeros(tf.stack([num_iter, batch, 1]), tf.int32)  # (T, B, 1)
@@ -196,9 +198,11 @@ def em_adapt(scores, image_labels, valid=None, fg_portion=0.2, bg_portion=0.4,
       bg_portion: float rho_bg, share background wins.
       num_iter: Python int >= 0, number of passes.
       margin: float >= 0, how far below the present labels absent ones go.
-      seed: None (fresh randomness per call, works inside tf.function) or a
-        Python int (stateless random ops: the same inputs give the same
-        output).
+      seed: None (fresh randomness per call from a stateful op, works inside
+        tf.function), a Python int, or a (2,) int32/int64 tensor (stateless
+        random ops: the same inputs and seed give the same output; training
+        passes a seed derived from the run's seed and the step, so that a
+        resumed run draws the orders an uninterrupted one draws).
       return_bias: if True also return the mean adaptive bias.
 
     Returns:

@@ -31,7 +31,7 @@ def kind_id(name: str) -> int:
 
 
 def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepConfig(),
-                    step=None):
+                    step=None, seed=None):
     """The target ŷ of every example of a batch, by its kind.
 
     Args:
@@ -42,16 +42,17 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
         optionally label_space (B, C) bool: E-steps only choose among the
         labels of the example's own dataset.
       config: the E-step settings.
-      step: the training step (scalar), for `config.box_warmup_steps`; None:
-        no warm-up.
+      step: the training step (scalar), for `config.box_warmup_steps` and
+        `config.weak_warmup_steps` (the statistics are those of the E-step
+        even while warming up); None: no warm-up.
+      seed: the stateless seed of EM-Adapt's random visiting order, a (2,)
+        int tensor (the trainer derives it from the run's seed and the step);
+        None: a stateful draw.
 
     Returns:
       targets (B, h, w) int32 with 255 = ignored, and a dict of scalar
       statistics of the weak examples' E-step (`bg_fraction`,
       `fg_fraction`, `adapt_bias`).
-      step: the training step (scalar), for `config.box_warmup_steps` and
-        `config.weak_warmup_steps` (the statistics are those of the E-step
-        even while warming up).
     """
     scores = tf.stop_gradient(scores)  # (B, h, w, C)
     if "label_space" in batch:
@@ -70,7 +71,7 @@ def compute_targets(scores: tf.Tensor, batch: dict, config: EStepConfig = EStepC
         labels, bias = estep.em_adapt(
             scores, batch["image_labels"], valid, fg_portion=config.fg_portion,
             bg_portion=config.bg_portion, num_iter=config.adapt_iters,
-            margin=config.adapt_margin, return_bias=True)
+            margin=config.adapt_margin, seed=seed, return_bias=True)
         return labels, bias
 
     box_boost = 0.0

@@ -1,7 +1,9 @@
 """A run's files: checkpoints (with the input position) and `config.json`.
 
 A checkpoint holds the network, the optimizer with its step counter and,
-optionally, the input iterator's position. It is written every
+optionally, the input iterator's position: everything a step depends on, as
+its random draws are seeded by the step (`trainer.step_seeds`), so a resumed
+run continues bit for bit as an uninterrupted one. It is written every
 `checkpoint_every` steps, at the end, and when SIGTERM or SIGINT arrives
 (kseg.training.loop). `tf.train.CheckpointManager` writes a checkpoint's
 files under a temporary name (`ckpt-N_temp/`), renames them into place, and

@@ -9,7 +9,8 @@ replicas equal the one-device gradient of the same global batch
 (tests/training/test_distribute.py checks it on two logical CPUs). E-steps
 are per example, so splitting a batch does not change its targets
 (EM-Adapt's random visiting order and dropout masks are drawn per replica,
-as they are drawn per step anyway). Every worker runs the same seeded input
+from stateless seeds of (run seed, step, replica id): `trainer.step_seeds`).
+Every worker runs the same seeded input
 pipeline and keeps its replicas' slices, so a global batch does not depend
 on the number of workers, at the price of each worker decoding the whole
 global batch.

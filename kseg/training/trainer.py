@@ -7,6 +7,13 @@ stop-gradient scores) -> masked cross-entropy normalised by the counted
 pixels of the *global* batch -> gradients with Caffe-style weight decay and
 per-layer learning-rate multipliers -> the optimiser (SGD with momentum, the
 paper's, or Adam).
+
+Every random draw of a step (the dropout masks, EM-Adapt's visiting order)
+is stateless, seeded by (run seed, step, replica): `step_seeds`. So a step
+depends only on the weights, the optimiser's slots and step counter (all in
+the checkpoint) and its batch (whose position the checkpoint also holds),
+and a run resumed from a checkpoint continues bit for bit as the
+uninterrupted run would (docs/training.md).
 """
 
 from __future__ import annotations
@@ -46,19 +53,55 @@ def lr_multiplier(variable, config: OptimConfig) -> float:
     return mult * (config.bias_lr_mult if is_bias else 1.0)
 
 
+def step_seeds(run_seed: int, step, num: int) -> tf.Tensor:
+    """`num` stateless seeds for this replica's random draws at `step`.
+
+    A pure function of (run_seed, step, replica id): nothing random is
+    carried from step to step, so nothing but the step counter needs to be
+    checkpointed for the draws to continue where they stopped. Each replica
+    folds in its id and draws for its own slice of the global batch, so the
+    draws (unlike the gradient of a step without them) depend on how a batch
+    is split over replicas: a run is reproducible for a given number of
+    replicas.
+
+    Returns (num, 2) int64, one seed per row for `tf.random.stateless_*`.
+    """
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([run_seed, 0], tf.int64), tf.cast(step, tf.int64))
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    seed = tf.random.experimental.stateless_fold_in(seed, replica)
+    return tf.random.experimental.stateless_split(seed, num)  # (num, 2)
+
+
+def seed_generators(model: keras.Model) -> list:
+    """The Keras seed generators of `model`'s layers (those of Dropout), in layer order."""
+    found = []
+    for layer in model.layers:
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(generator, keras.random.SeedGenerator):
+            found.append(generator)
+        if isinstance(layer, keras.Model):
+            found.extend(seed_generators(layer))
+    return found
+
+
 class Trainer(keras.Model):
     """Wraps a DeepLab network with the EM training step.
 
     Input batches are dicts from `kseg.data.pipeline.train_dataset`. The
     network itself is `trainer.network` (what gets evaluated and exported).
+    `seed` (the run's) seeds every random draw of a step, with the step
+    number (`step_seeds`).
     """
 
     def __init__(self, network: keras.Model, estep_config: EStepConfig = EStepConfig(),
-                 optim_config: OptimConfig = OptimConfig(), **kwargs):
+                 optim_config: OptimConfig = OptimConfig(), seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.estep_config = estep_config
         self.optim_config = optim_config
+        self.seed = seed
         self.trackers = {name: keras.metrics.Mean(name=name) for name in
                          ("loss", "pixel_accuracy", "bg_fraction", "fg_fraction", "adapt_bias")}
 
@@ -78,10 +121,17 @@ class Trainer(keras.Model):
         averages them over replicas).
         """
         variables = self.network.trainable_variables
+        step = self.optimizer.iterations  # the step being taken, from 0
+        generators = seed_generators(self.network)
+        seeds = step_seeds(self.seed, step, 1 + len(generators))  # (1 + G, 2)
+        # Keras draws dropout masks from a generator's state (and then counts
+        # it up); the state is not checkpointed, so it is set afresh each step.
+        for generator, seed in zip(generators, tf.unstack(seeds[1:])):
+            generator.state.assign(seed)
         with tf.GradientTape() as tape:
             scores = self.network(batch["image"], training=True)  # (B, h, w, C)
             targets, stats = targets_lib.compute_targets(scores, batch, self.estep_config,
-                                                         self.optimizer.iterations)
+                                                         step, seed=seeds[0])
             loss_sum, counted = targets_lib.masked_cross_entropy(
                 scores, targets, batch.get("label_space"))
             # Normalise by the global batch's pixel count so that replica
