@@ -79,8 +79,9 @@ def test_train_and_evaluate_scripts(tiny_records, tmp_path):
     """The command-line contract: train.py writes a run dir, evaluate.py the JSON and masks."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     model_dir = str(tmp_path / "cli")
-    common = [f"--data_dir={tiny_records}", "--num_classes=6", "--width=0.0625",
-              "--crop_size=33", "--batch_size=2"]
+    # --init=random: the flagfile's stand-in backbone would be pretrained first.
+    common = [f"--data_dir={tiny_records}", "--init=random", "--num_classes=6",
+              "--width=0.0625", "--crop_size=33", "--batch_size=2"]
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
                     f"--flagfile={os.path.join(ROOT, 'flags', 'bbox_em.cfg')}", *common,
                     "--num_steps=3", "--steps_per_epoch=3", f"--model_dir={model_dir}"],
