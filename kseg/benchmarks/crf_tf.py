@@ -4,7 +4,7 @@
 
 Each core count runs in a fresh process (TensorFlow fixes its thread pools
 when it starts), and inside it the two implementations alternate round by
-round on the same synthetic images (:func:`kseg.crf_bench.synthetic_crf_input`,
+round on the same synthetic images (:func:`kseg.benchmarks.crf.synthetic_crf_input`,
 500x375, 21 labels, 10 iterations), so load from other work falls on both.
 Medians over the rounds are reported.
 
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from kseg.crf.dense import CRFParams, dense_crf
-from kseg.crf_bench import synthetic_crf_input
+from kseg.benchmarks.crf import synthetic_crf_input
 
 
 def _pydensecrf_labels(job):
