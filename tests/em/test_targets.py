@@ -131,3 +131,47 @@ def test_weak_warmup_leaves_image_label_examples_out_then_runs_em():
     # visiting order is random, so only its valid pixels are checked).
     np.testing.assert_array_equal(after.numpy()[1], plain[1])
     assert (after.numpy()[2][batch["valid"].numpy()[2]] != 255).all()
+
+
+# ------------------------------------------------------------------ Cross-Joint label spaces
+
+def test_masked_cross_entropy_softmax_over_the_example_label_space_only():
+    # One pixel per example, logits (1, 0, 5), target 0; label 2 (the top logit)
+    # lies outside example 1's dataset.
+    scores = tf.constant([[[[1.0, 0.0, 5.0]]], [[[1.0, 0.0, 5.0]]]])  # (2, 1, 1, 3)
+    space = tf.constant([[True, True, True], [True, True, False]])
+    total, count = targets.masked_cross_entropy(scores, tf.constant([[[0]], [[0]]]), space)
+    full = np.log(np.e + 1.0 + np.e ** 5) - 1.0  # 4.0247
+    own = np.log(np.e + 1.0) - 1.0  # 0.3133: label 2 takes no probability
+    np.testing.assert_allclose(float(total), full + own, rtol=1e-6)
+    assert float(count) == 2.0
+
+
+def test_targets_never_leave_the_example_label_space():
+    # Label 2 has the top score everywhere but lies outside both examples' datasets.
+    scores = np.zeros((2, 2, 3, 3), np.float32)
+    scores[..., 1] = [1.0, -1.0, 0.5]
+    scores[..., 2] = 100.0
+    kinds = [constants.KIND_ID["em_fixed"], constants.KIND_ID["em_adapt"]]
+    batch = {"kind": tf.constant(kinds), "label": tf.fill([2, 2, 3], 255),
+             "valid": tf.ones([2, 2, 3], tf.bool),
+             # em_fixed: background and label 1 present, bias 3 and 5 -> (3, 6 / 4 / 5.5, 100);
+             # em_adapt: no label present at all -> the plain argmax (within the space).
+             "image_labels": tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+             "box_mask": tf.zeros([2, 2, 3, 3], tf.bool),
+             "label_space": tf.constant([[True, True, False], [True, True, False]])}
+    got, _ = targets.compute_targets(tf.constant(scores), batch)
+    np.testing.assert_array_equal(got.numpy()[0], [[1, 1, 1], [1, 1, 1]])
+    np.testing.assert_array_equal(got.numpy()[1], [[1, 0, 1], [1, 0, 1]])
+    # Without the label space the same scores give label 2 everywhere.
+    del batch["label_space"]
+    np.testing.assert_array_equal(targets.compute_targets(tf.constant(scores), batch)[0], 2)
+
+
+def test_em_adapt_without_present_labels_is_the_plain_argmax():
+    scores = np.array([[[[0.0, 2.0, 1.0], [3.0, 2.0, 1.0], [0.0, 1.0, 4.0]]]], np.float32)
+    got = estep.em_adapt(tf.constant(scores), tf.zeros([1, 3]), seed=0)
+    np.testing.assert_array_equal(got, [[[1, 0, 2]]])
+    # No foreground present, background present: everything is background.
+    got = estep.em_adapt(tf.constant(scores), tf.constant([[1.0, 0.0, 0.0]]), seed=0)
+    np.testing.assert_array_equal(got, 0)
