@@ -35,19 +35,44 @@ def test_each_example_gets_the_target_of_its_kind():
     label = np.where(valid, batch["label"].numpy(), 255)
     np.testing.assert_array_equal(got[0], label[0])  # strong: ground truth
     np.testing.assert_array_equal(got[4], label[4])  # bbox_rect: the rasterised boxes in label
-    one = lambda f, i, *a: f(scores[i:i + 1], *[x[i:i + 1] for x in a], valid[i:i + 1])[0]  # noqa
-    np.testing.assert_array_equal(
-        got[1], one(estep.em_fixed, 1, batch["image_labels"].numpy()).numpy())
-    adapt = one(estep.em_adapt, 2, batch["image_labels"].numpy()).numpy()
-    assert set(np.unique(adapt[valid[2]])) <= {0, 2, 3}  # never an absent label
-    np.testing.assert_array_equal(got[2][valid[2]] != 1, True)
-    np.testing.assert_array_equal(
-        got[3], one(estep.bbox_em_fixed, 3, batch["box_mask"].numpy()).numpy())
+    assert set(np.unique(got[2][valid[2]])) <= {0, 2, 3}  # EM-Adapt: never an absent label
+    # Bbox-EM-Fixed: foreground only inside the box of label 2.
+    assert set(np.unique(got[3][valid[3] & ~batch["box_mask"].numpy()[3, ..., 2]])) == {0}
     assert (got[:, -1] == 255).all()
     # Statistics are over the weak examples' valid pixels only.
     weak = got[1:4][valid[1:4]]
     np.testing.assert_allclose(stats["bg_fraction"], np.mean(weak == 0), atol=1e-6)
     np.testing.assert_allclose(stats["fg_fraction"], np.mean(weak > 0), atol=1e-6)
+
+
+def test_each_kind_gets_its_target_by_hand():
+    # One row of three pixels per example, labels 0..3; the default biases:
+    # background +3 when present, foreground +5 (EM-Fixed: when present;
+    # Bbox-EM-Fixed: inside its box, other foreground excluded there).
+    kinds = [constants.KIND_ID[k] for k in
+             ("strong", "em_fixed", "em_adapt", "bbox_em_fixed", "bbox_rect")]
+    scores = np.zeros((5, 1, 3, 4), np.float32)
+    # EM-Fixed, background and 2 present: (3, 0, 4, 0) -> 2; (3, 0, 2, 0) -> 0; (-1, 0, 5, 0) -> 2.
+    scores[1, 0] = [[0, 0, -1, 0], [0, 0, -3, 0], [-4, 0, 0, 0]]
+    # EM-Adapt, only 2 present: 2 everywhere, whatever label 1 scores.
+    scores[2, 0, :, 1] = 50.0
+    # Bbox-EM-Fixed, a box of 3 over pixels 0-1: (3, 3+5-1) -> 3; (3, 3+5-6) -> 0;
+    # pixel 2 is outside every box: background although 2 and 3 score 9.
+    scores[3, 0] = [[0, 0, 0, -1], [0, 0, 0, -6], [0, 0, 9, 9]]
+    label = np.full((5, 1, 3), 255, np.int32)
+    label[0, 0], label[4, 0] = [1, 3, 0], [0, 2, 2]
+    valid = np.ones((5, 1, 3), bool)
+    valid[0, 0, 2] = False
+    image_labels = np.zeros((5, 4), np.float32)
+    image_labels[1, [0, 2]] = 1
+    image_labels[2, 2] = 1
+    box_mask = np.zeros((5, 1, 3, 4), bool)
+    box_mask[3, 0, :2, 3] = True
+    batch = {"kind": tf.constant(kinds), "label": tf.constant(label), "valid": tf.constant(valid),
+             "image_labels": tf.constant(image_labels), "box_mask": tf.constant(box_mask)}
+    got, _ = targets.compute_targets(tf.constant(scores), batch)
+    np.testing.assert_array_equal(got.numpy()[:, 0], [[1, 3, 255], [2, 0, 2], [2, 2, 2],
+                                                      [3, 0, 0], [0, 2, 2]])
 
 
 def test_unused_esteps_do_not_change_strong_targets():
