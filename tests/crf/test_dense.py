@@ -164,8 +164,15 @@ def test_dense_crf_input_validation(make, message):
 
 
 def test_dense_crf_tolerates_rounding_in_probabilities():
-    image, probs = _image_and_probs()
-    dense_crf(image, probs * (1 + 5e-4))
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    probs = _random_probs(rng, 6, 5, 3)
+    # Off by 5e-4 (within SUM_TOLERANCE): accepted, and -log of the scaled
+    # probabilities shifts every unary of a pixel equally, so nothing changes.
+    rounded, labels_rounded = dense_crf(image, probs * (1 + 5e-4))
+    exact, labels_exact = dense_crf(image, probs)
+    np.testing.assert_allclose(rounded, exact, atol=1e-5)
+    np.testing.assert_array_equal(labels_rounded, labels_exact)
 
 
 def test_dense_crf_rejects_params_of_wrong_type():
