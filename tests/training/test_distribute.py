@@ -13,6 +13,9 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from kseg.training import distribute
 
 TIMEOUT = 300  # seconds for any one process
 
@@ -208,3 +211,20 @@ def test_two_workers_end_with_equal_weights(tiny_records, tmp_path):
     assert sorted(f for f in os.listdir(os.path.join(model_dir, "checkpoints"))
                   if f.endswith(".index")) == ["ckpt-2.index", "ckpt-3.index"]
     assert "step 3/3" in outputs[0][1] and "step 3/3" in outputs[1][1]
+
+
+def test_make_strategy_by_name(monkeypatch):
+    # No GPU here: None is the one-device default strategy.
+    assert distribute.make_strategy(None) is tf.distribute.get_strategy()
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+    mirrored = distribute.make_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == 1 and distribute.is_chief(mirrored)
+    with pytest.raises(ValueError, match="strategy must be one of .* got 'mirored'"):
+        distribute.make_strategy("mirored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"task": {}}')
+    with pytest.raises(ValueError, match="'cluster' entry"):
+        distribute.make_strategy("multi_worker")
