@@ -112,3 +112,16 @@ def test_crf_flags_take_their_defaults_from_the_setting():
     setting = cli_flags.crf_setting_from_flags(values)
     assert setting.params.bi_w == 7.0 and setting.reference_size == 0
     assert values["crf_num_iter"].help.startswith("Start: ")
+
+
+def test_every_flagfile_is_parsed_by_a_test():
+    """Each flags/**/*.cfg is a method flagfile (parsed above), a CRF fragment
+    (tests/crf/test_evaluate.py) or the base every method flagfile includes."""
+    everything = sorted(glob.glob(os.path.join(ROOT, "flags", "**", "*.cfg"), recursive=True))
+    crf = {"crf_deeplab_largefov.cfg", "crf_released_test.cfg"}
+    base = os.path.join(ROOT, "flags", "embedded_base.cfg")
+    uncovered = [p for p in everything if p not in METHOD_FLAGFILES and p != base
+                 and os.path.relpath(p, os.path.join(ROOT, "flags")) not in crf]
+    assert not uncovered, f"flagfiles no test parses: {uncovered}"
+    for path in METHOD_FLAGFILES:
+        assert "--flagfile=flags/embedded_base.cfg" in open(path).read().split(), path
