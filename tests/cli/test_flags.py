@@ -166,3 +166,16 @@ def test_train_help_shows_the_grouped_flags():
     assert "\ndistribution:\n  --strategy [default|mirrored|multi_worker]" in out.stdout
     assert "\nmessages:\n  --verbose (default: false)" in out.stdout
     assert "--weak_warmup_steps (default: 0)" in out.stdout
+
+
+def test_every_flagfile_is_parsed_by_a_test():
+    """Each flags/**/*.cfg is a method flagfile (parsed above), a CRF fragment
+    (tests/crf/test_evaluate.py) or the base every method flagfile includes."""
+    everything = sorted(glob.glob(os.path.join(ROOT, "flags", "**", "*.cfg"), recursive=True))
+    crf = {"crf_deeplab_largefov.cfg", "crf_released_test.cfg"}
+    base = os.path.join(ROOT, "flags", "embedded_base.cfg")
+    uncovered = [p for p in everything if p not in METHOD_FLAGFILES and p != base
+                 and os.path.relpath(p, os.path.join(ROOT, "flags")) not in crf]
+    assert not uncovered, f"flagfiles no test parses: {uncovered}"
+    for path in METHOD_FLAGFILES:
+        assert "--flagfile=flags/embedded_base.cfg" in open(path).read().split(), path

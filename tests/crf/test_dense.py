@@ -1,5 +1,7 @@
 """Tests for kseg/crf/dense.py: the CRF parameters and the dense CRF wrapper."""
 
+import dataclasses
+
 import numpy as np
 import pydensecrf.densecrf as dcrf
 import pytest
@@ -54,14 +56,15 @@ def test_dense_crf_matches_direct_pydensecrf_call():
     height, width, num_labels = 24, 31, 4
     image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     probs = _random_probs(rng, height, width, num_labels)
-    params = CRFParams(bi_w=5, bi_xy_std=20, bi_rgb_std=7, pos_w=2, pos_xy_std=2, num_iter=6)
+    # Every parameter distinct, so a weight passed as a std (or the reverse) shows.
+    params = CRFParams(bi_w=5, bi_xy_std=20, bi_rgb_std=7, pos_w=6, pos_xy_std=1.5, num_iter=4)
 
     direct = dcrf.DenseCRF2D(width, height, num_labels)
     unary = -np.log(np.maximum(probs, dense.MIN_PROB)).transpose(2, 0, 1).reshape(num_labels, -1)
     direct.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    direct.addPairwiseGaussian(sxy=2, compat=2)
+    direct.addPairwiseGaussian(sxy=1.5, compat=6)
     direct.addPairwiseBilateral(sxy=20, srgb=7, rgbim=image, compat=5)
-    expected = np.array(direct.inference(6)).reshape(num_labels, height, width).transpose(1, 2, 0)
+    expected = np.array(direct.inference(4)).reshape(num_labels, height, width).transpose(1, 2, 0)
 
     probs_out, labels = dense_crf(image, probs, params)
     assert probs_out.shape == (height, width, num_labels) and probs_out.dtype == np.float32
@@ -71,6 +74,40 @@ def test_dense_crf_matches_direct_pydensecrf_call():
     np.testing.assert_allclose(probs_out.sum(-1), 1.0, atol=1e-4)
     # The CRF really did something: it is not the input argmax everywhere.
     assert (labels != probs.argmax(-1)).any()
+
+
+def _isolated_pixel(height=9, width=9, p=0.7):
+    """Label 0 with probability p everywhere but the centre, which has label 1 with p."""
+    probs = np.empty((height, width, 2), np.float32)
+    probs[...] = (p, 1 - p)
+    probs[height // 2, width // 2] = (1 - p, p)
+    return np.zeros((height, width, 3), np.uint8), probs
+
+
+def test_dense_crf_with_zero_weights_returns_the_input():
+    # Pairwise weights ~0: the mean-field update is softmax(-unary) = softmax(log p) = p,
+    # whatever the stds. Large stds make a std passed as a weight obvious.
+    image, probs = _isolated_pixel()
+    params = CRFParams(bi_w=1e-6, bi_xy_std=50.0, bi_rgb_std=50.0, pos_w=1e-6,
+                       pos_xy_std=50.0, num_iter=5)
+    probs_out, labels = dense_crf(image, probs, params)
+    np.testing.assert_allclose(probs_out, probs, atol=1e-4)
+    assert labels[4, 4] == 1 and labels.sum() == 1
+
+
+def test_dense_crf_gaussian_kernel_smooths_an_isolated_pixel():
+    # Gaussian weight 0 -> the centre keeps its own label; weight 3 over a std of
+    # 3 px -> its 8 neighbours (all label 0 at p = 0.7) outvote its own unary
+    # log(0.7 / 0.3) = 0.85, so it flips to 0. The bilateral kernel is off (~0).
+    image, probs = _isolated_pixel()
+    off = CRFParams(bi_w=1e-6, pos_w=1e-6, pos_xy_std=3.0, num_iter=5)
+    on = dataclasses.replace(off, pos_w=3.0)
+    _, labels_off = dense_crf(image, probs, off)
+    probs_on, labels_on = dense_crf(image, probs, on)
+    assert labels_off[4, 4] == 1
+    np.testing.assert_array_equal(labels_on, 0)
+    # Every pixel ends surer of label 0 than any input pixel was (0.7).
+    assert (probs_on[..., 0] > 0.7).all()
 
 
 def test_dense_crf_accepts_non_contiguous_inputs():
@@ -127,8 +164,15 @@ def test_dense_crf_input_validation(make, message):
 
 
 def test_dense_crf_tolerates_rounding_in_probabilities():
-    image, probs = _image_and_probs()
-    dense_crf(image, probs * (1 + 5e-4))
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    probs = _random_probs(rng, 6, 5, 3)
+    # Off by 5e-4 (within SUM_TOLERANCE): accepted, and -log of the scaled
+    # probabilities shifts every unary of a pixel equally, so nothing changes.
+    rounded, labels_rounded = dense_crf(image, probs * (1 + 5e-4))
+    exact, labels_exact = dense_crf(image, probs)
+    np.testing.assert_allclose(rounded, exact, atol=1e-5)
+    np.testing.assert_array_equal(labels_rounded, labels_exact)
 
 
 def test_dense_crf_rejects_params_of_wrong_type():

@@ -6,7 +6,7 @@ import pytest
 
 
 from kseg.crf import search as crf_search
-from kseg.crf.evaluate import CRFSetting
+from kseg.crf.evaluate import CRFSetting, evaluate_with_crf
 from tests.crf.conftest import FAST, crf_flag_values
 
 
@@ -17,7 +17,13 @@ def test_coordinate_search_improves_and_writes_a_parsable_fragment(samples, tmp_
                                    workers=2)
     lines = [r.getMessage() for r in absl_logs.records if r.name == "absl"]
     best = search["best"]
-    assert search["best_result"]["miou"] >= search["start_result"]["miou"]
+    # The scores the search reports are those of an independent evaluation of
+    # its start and best settings, and bi_w = 1 was not the best bilateral weight.
+    for setting, key in ((start, "start_result"), (best, "best_result")):
+        _, crf = evaluate_with_crf(samples[:6], 6, setting, workers=1)
+        assert search[key]["miou"] == pytest.approx(crf["miou"], abs=1e-12), key
+    assert best.params.bi_w != 1.0
+    assert search["best_result"]["miou"] > search["start_result"]["miou"]
     assert best.params.num_iter == 3 and best.reference_size == 500  # not searched
     assert best.params.pos_w == start.params.pos_w
     # Every tried setting once; the best is the top row of the table.

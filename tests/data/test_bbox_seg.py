@@ -122,7 +122,9 @@ def test_alpha_search_scores_rect_and_each_alpha(tiny_records):
         ("Bbox-Rect", None), ("Bbox-Seg", 0.2), ("Bbox-Seg", 0.8)]
     for row in result["rows"]:
         assert 0 < row["miou"] <= 1 and 0 < row["pixel_accuracy"] <= 1
-    # The masks differ with alpha (the core clamps differ).
+    # Bbox-Seg with an 80% core beats the filled rectangles (the paper's
+    # ordering; measured 0.779 vs 0.762 here), and a 20% core scores differently.
+    assert result["rows"][2]["miou"] > result["rows"][0]["miou"] + 0.01
     assert result["rows"][1]["miou"] != result["rows"][2]["miou"]
     table = bbox_seg_lib.format_alpha_table(result)
     assert "Bbox-Rect" in table and "20%" in table and "80%" in table

@@ -168,3 +168,18 @@ def test_prepare_data_script_coco(tmp_path):
     assert "skipped missing: " in result.stdout and "missing.jpg" in result.stdout
     info = records.read_split_info(out, "val")
     assert info["num_images"] == 2 and info["class_names"][1] == "person"
+
+
+def test_ensure_embedded_records_default_path(tmp_path, monkeypatch):
+    """The path the commands take when no --data_dir is given: $KSEG_DATA_DIR,
+    generated and converted on first use, reused afterwards."""
+    monkeypatch.setenv("KSEG_DATA_DIR", str(tmp_path))
+    real = embedded.ensure_embedded
+    monkeypatch.setattr(embedded, "ensure_embedded", lambda cache_dir=None: real(
+        cache_dir, num_train=6, num_val=2, image_size=32))
+    out = prepare.ensure_embedded_records(num_shards=1)
+    assert out.startswith(str(tmp_path)) and out.endswith("records")
+    assert [len(list(records.iterate_split(out, s))) for s in ("train", "val")] == [6, 2]
+    stamp = os.path.getmtime(os.path.join(out, "train.json"))
+    assert prepare.ensure_embedded_records(num_shards=1) == out
+    assert os.path.getmtime(os.path.join(out, "train.json")) == stamp  # not converted again

@@ -31,7 +31,7 @@ def _random_case(seed, batch=3, height=7, width=6, num_labels=5, scale=3.0):
 def _em_adapt_reference(scores, labels, valid, order, fg_portion, bg_portion, margin):
     """Per-image loop transcription of docs/method.md, in float32.
 
-    order: (T*P, B) label visited at each slot (from estep._visiting_order)."""
+    order: (T*P, B) label visited at each slot."""
     out = np.full(valid.shape, IGNORE_LABEL, np.int32)
     for b in range(scores.shape[0]):
         f = scores[b].astype(np.float32).copy()  # (h, w, C)
@@ -239,6 +239,22 @@ def test_em_adapt_matches_per_image_reference(seed):
     order = estep._visiting_order(tf.constant(labels > 0), 5, seed).numpy()
     want = _em_adapt_reference(scores, labels, valid, order, 0.2, 0.4, 1e-5)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_em_adapt_with_one_foreground_label_matches_reference_in_its_only_order(seed):
+    # Background and one foreground label per image: every pass visits 0 then
+    # that label, so the reference's order is written here, not taken from
+    # estep._visiting_order.
+    scores, labels, valid = _random_case(seed)
+    labels[:] = 0
+    labels[:, 0] = 1
+    fg = np.arange(labels.shape[0]) % (labels.shape[1] - 1) + 1  # (B,)
+    labels[np.arange(labels.shape[0]), fg] = 1
+    order = np.tile(np.stack([np.zeros_like(fg), fg]), (5, 1))  # (5 * 2, B)
+    got = estep.em_adapt(scores, labels, valid=valid, seed=seed).numpy()
+    np.testing.assert_array_equal(
+        got, _em_adapt_reference(scores, labels, valid, order, 0.2, 0.4, 1e-5))
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -35,19 +35,44 @@ def test_each_example_gets_the_target_of_its_kind():
     label = np.where(valid, batch["label"].numpy(), 255)
     np.testing.assert_array_equal(got[0], label[0])  # strong: ground truth
     np.testing.assert_array_equal(got[4], label[4])  # bbox_rect: the rasterised boxes in label
-    one = lambda f, i, *a: f(scores[i:i + 1], *[x[i:i + 1] for x in a], valid[i:i + 1])[0]  # noqa
-    np.testing.assert_array_equal(
-        got[1], one(estep.em_fixed, 1, batch["image_labels"].numpy()).numpy())
-    adapt = one(estep.em_adapt, 2, batch["image_labels"].numpy()).numpy()
-    assert set(np.unique(adapt[valid[2]])) <= {0, 2, 3}  # never an absent label
-    np.testing.assert_array_equal(got[2][valid[2]] != 1, True)
-    np.testing.assert_array_equal(
-        got[3], one(estep.bbox_em_fixed, 3, batch["box_mask"].numpy()).numpy())
+    assert set(np.unique(got[2][valid[2]])) <= {0, 2, 3}  # EM-Adapt: never an absent label
+    # Bbox-EM-Fixed: foreground only inside the box of label 2.
+    assert set(np.unique(got[3][valid[3] & ~batch["box_mask"].numpy()[3, ..., 2]])) == {0}
     assert (got[:, -1] == 255).all()
     # Statistics are over the weak examples' valid pixels only.
     weak = got[1:4][valid[1:4]]
     np.testing.assert_allclose(stats["bg_fraction"], np.mean(weak == 0), atol=1e-6)
     np.testing.assert_allclose(stats["fg_fraction"], np.mean(weak > 0), atol=1e-6)
+
+
+def test_each_kind_gets_its_target_by_hand():
+    # One row of three pixels per example, labels 0..3; the default biases:
+    # background +3 when present, foreground +5 (EM-Fixed: when present;
+    # Bbox-EM-Fixed: inside its box, other foreground excluded there).
+    kinds = [constants.KIND_ID[k] for k in
+             ("strong", "em_fixed", "em_adapt", "bbox_em_fixed", "bbox_rect")]
+    scores = np.zeros((5, 1, 3, 4), np.float32)
+    # EM-Fixed, background and 2 present: (3, 0, 4, 0) -> 2; (3, 0, 2, 0) -> 0; (-1, 0, 5, 0) -> 2.
+    scores[1, 0] = [[0, 0, -1, 0], [0, 0, -3, 0], [-4, 0, 0, 0]]
+    # EM-Adapt, only 2 present: 2 everywhere, whatever label 1 scores.
+    scores[2, 0, :, 1] = 50.0
+    # Bbox-EM-Fixed, a box of 3 over pixels 0-1: (3, 3+5-1) -> 3; (3, 3+5-6) -> 0;
+    # pixel 2 is outside every box: background although 2 and 3 score 9.
+    scores[3, 0] = [[0, 0, 0, -1], [0, 0, 0, -6], [0, 0, 9, 9]]
+    label = np.full((5, 1, 3), 255, np.int32)
+    label[0, 0], label[4, 0] = [1, 3, 0], [0, 2, 2]
+    valid = np.ones((5, 1, 3), bool)
+    valid[0, 0, 2] = False
+    image_labels = np.zeros((5, 4), np.float32)
+    image_labels[1, [0, 2]] = 1
+    image_labels[2, 2] = 1
+    box_mask = np.zeros((5, 1, 3, 4), bool)
+    box_mask[3, 0, :2, 3] = True
+    batch = {"kind": tf.constant(kinds), "label": tf.constant(label), "valid": tf.constant(valid),
+             "image_labels": tf.constant(image_labels), "box_mask": tf.constant(box_mask)}
+    got, _ = targets.compute_targets(tf.constant(scores), batch)
+    np.testing.assert_array_equal(got.numpy()[:, 0], [[1, 3, 255], [2, 0, 2], [2, 2, 2],
+                                                      [3, 0, 0], [0, 2, 2]])
 
 
 def test_unused_esteps_do_not_change_strong_targets():
@@ -131,3 +156,47 @@ def test_weak_warmup_leaves_image_label_examples_out_then_runs_em():
     # visiting order is random, so only its valid pixels are checked).
     np.testing.assert_array_equal(after.numpy()[1], plain[1])
     assert (after.numpy()[2][batch["valid"].numpy()[2]] != 255).all()
+
+
+# ------------------------------------------------------------------ Cross-Joint label spaces
+
+def test_masked_cross_entropy_softmax_over_the_example_label_space_only():
+    # One pixel per example, logits (1, 0, 5), target 0; label 2 (the top logit)
+    # lies outside example 1's dataset.
+    scores = tf.constant([[[[1.0, 0.0, 5.0]]], [[[1.0, 0.0, 5.0]]]])  # (2, 1, 1, 3)
+    space = tf.constant([[True, True, True], [True, True, False]])
+    total, count = targets.masked_cross_entropy(scores, tf.constant([[[0]], [[0]]]), space)
+    full = np.log(np.e + 1.0 + np.e ** 5) - 1.0  # 4.0247
+    own = np.log(np.e + 1.0) - 1.0  # 0.3133: label 2 takes no probability
+    np.testing.assert_allclose(float(total), full + own, rtol=1e-6)
+    assert float(count) == 2.0
+
+
+def test_targets_never_leave_the_example_label_space():
+    # Label 2 has the top score everywhere but lies outside both examples' datasets.
+    scores = np.zeros((2, 2, 3, 3), np.float32)
+    scores[..., 1] = [1.0, -1.0, 0.5]
+    scores[..., 2] = 100.0
+    kinds = [constants.KIND_ID["em_fixed"], constants.KIND_ID["em_adapt"]]
+    batch = {"kind": tf.constant(kinds), "label": tf.fill([2, 2, 3], 255),
+             "valid": tf.ones([2, 2, 3], tf.bool),
+             # em_fixed: background and label 1 present, bias 3 and 5 -> (3, 6 / 4 / 5.5, 100);
+             # em_adapt: no label present at all -> the plain argmax (within the space).
+             "image_labels": tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+             "box_mask": tf.zeros([2, 2, 3, 3], tf.bool),
+             "label_space": tf.constant([[True, True, False], [True, True, False]])}
+    got, _ = targets.compute_targets(tf.constant(scores), batch)
+    np.testing.assert_array_equal(got.numpy()[0], [[1, 1, 1], [1, 1, 1]])
+    np.testing.assert_array_equal(got.numpy()[1], [[1, 0, 1], [1, 0, 1]])
+    # Without the label space the same scores give label 2 everywhere.
+    del batch["label_space"]
+    np.testing.assert_array_equal(targets.compute_targets(tf.constant(scores), batch)[0], 2)
+
+
+def test_em_adapt_without_present_labels_is_the_plain_argmax():
+    scores = np.array([[[[0.0, 2.0, 1.0], [3.0, 2.0, 1.0], [0.0, 1.0, 4.0]]]], np.float32)
+    got = estep.em_adapt(tf.constant(scores), tf.zeros([1, 3]), seed=0)
+    np.testing.assert_array_equal(got, [[[1, 0, 2]]])
+    # No foreground present, background present: everything is background.
+    got = estep.em_adapt(tf.constant(scores), tf.constant([[1.0, 0.0, 0.0]]), seed=0)
+    np.testing.assert_array_equal(got, 0)

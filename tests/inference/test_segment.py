@@ -35,3 +35,27 @@ def test_resize_aligned_equals_the_deprecated_aligned_corner_resize():
                                       old.numpy())
     row = tf.constant([[[[0.0], [2.0]]]])  # (1, 1, 2, 1)
     assert segment_lib.resize_aligned(row, [1, 3]).numpy().ravel().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_label_map_keeps_and_renormalises_the_dataset_labels():
+    # Cross-Joint: a 3-label network evaluated on a dataset whose labels 0 and 1
+    # are the network's 0 and 2. Logits (2, 5, 1) everywhere: the network's
+    # label 1 wins but is not in the dataset; the dataset's probabilities are
+    # e^2 : e^1 renormalised, i.e. (e / (1 + e), 1 / (1 + e)), and label 0 wins.
+    logits = tf.constant([2.0, 5.0, 1.0])
+    inputs = keras.Input((None, None, 3))
+    net = keras.Model(inputs, keras.layers.Lambda(
+        lambda x: tf.zeros_like(x[..., :1]) + logits)(inputs))
+    example = {"image": tf.zeros([5, 7, 3], tf.uint8), "id": tf.constant("a"),
+               "label": tf.zeros([5, 7], tf.uint8)}
+    dataset = tf.data.Dataset.from_tensors(example)
+    seen = []
+    [(label, prediction)] = segment_lib.network_predictions(
+        net, dataset, lambda *args: seen.append(args), label_map=(0, 2))
+    probs = seen[0][2]
+    assert probs.shape == (5, 7, 2)
+    np.testing.assert_allclose(probs[..., 0], np.e / (1 + np.e), rtol=1e-5)
+    np.testing.assert_allclose(probs[..., 1], 1 / (1 + np.e), rtol=1e-5)
+    np.testing.assert_array_equal(prediction, 0)
+    [(_, unmapped)] = segment_lib.network_predictions(net, dataset)
+    np.testing.assert_array_equal(unmapped, 1)

@@ -22,8 +22,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TIMEOUT = 240
 
 
+# scripts/train.py, run so that with $HOLD_AFTER_CHECKPOINT=N it sleeps once
+# checkpoint N is saved: a test can then kill it at a known step, with no race
+# against a run that would otherwise finish first.
+HOLDING_TRAIN = r"""
+import os, runpy, sys, time
+from kseg.training import checkpoints
+save = checkpoints.Checkpoints.save
+def holding_save(self, step):
+    path = save(self, step)
+    if os.environ.get("HOLD_AFTER_CHECKPOINT") == str(step):
+        time.sleep(3600)
+    return path
+checkpoints.Checkpoints.save = holding_save
+sys.argv[0] = os.path.join(sys.argv[1], "scripts", "train.py")
+del sys.argv[1]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def _train_command(records_dir, model_dir, num_steps):
-    return [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    return [sys.executable, "-c", HOLDING_TRAIN, ROOT,
             f"--data_dir={records_dir}", "--num_classes=6", "--width=0.0625", "--crop_size=33",
             "--batch_size=2", "--optimizer=sgd", "--learning_rate=0.01", "--lr_decay_steps=4",
             f"--num_steps={num_steps}", "--checkpoint_every=5", "--log_every=1",
@@ -35,13 +54,16 @@ def _latest_step(model_dir):
     return None if latest is None else int(latest.rsplit("-", 1)[1])
 
 
-def _start_and_wait_for_checkpoint(command, model_dir, log_path):
-    """Starts training; returns the process once a checkpoint is recorded."""
+def _start_and_wait_for_checkpoint(command, model_dir, log_path, hold_at=None):
+    """Starts training; returns the process once a checkpoint is recorded
+    (checkpoint `hold_at`, after which the process sleeps, if given)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if hold_at is not None:
+        env["HOLD_AFTER_CHECKPOINT"] = str(hold_at)
     with open(log_path, "w") as log:  # the child keeps its own copy of the handle
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + TIMEOUT
-    while _latest_step(model_dir) is None:
+    while _latest_step(model_dir) is None or _latest_step(model_dir) < (hold_at or 0):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             raise AssertionError(f"no checkpoint appeared:\n{open(log_path).read()[-3000:]}")
@@ -53,12 +75,13 @@ def _start_and_wait_for_checkpoint(command, model_dir, log_path):
 def test_sigkill_then_same_command_resumes(tiny_records, tmp_path):
     model_dir = str(tmp_path / "run")
     command = _train_command(tiny_records, model_dir, 20)
-    proc = _start_and_wait_for_checkpoint(command, model_dir, tmp_path / "first.log")
+    proc = _start_and_wait_for_checkpoint(command, model_dir, tmp_path / "first.log",
+                                          hold_at=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
     killed_at = _latest_step(model_dir)
-    assert killed_at in (5, 10, 15)
+    assert killed_at == 10
     # What a kill during a later save leaves behind: files of a checkpoint the
     # state file does not name yet. The restart must ignore them.
     checkpoints = os.path.join(model_dir, "checkpoints")

@@ -7,12 +7,17 @@ and the test compares the weights they write.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from kseg.training import distribute
 
 TIMEOUT = 300  # seconds for any one process
 
@@ -167,37 +172,77 @@ def _free_ports(count):
     return ports
 
 
+# What a worker says when another process took its port between _free_ports
+# closing it and the worker's gRPC server binding it.
+PORT_TAKEN = re.compile(r"address already in use|could not start grpc server|failed to bind",
+                        re.IGNORECASE)
+
+
+def _communicate(procs, logs):
+    """Waits for the processes, whose output goes to the files `logs`
+    [(stdout, stderr)]; once one fails the others are killed (a worker whose
+    peer is gone would wait for it). Returns [(stdout, stderr)] as text."""
+    deadline = time.time() + TIMEOUT
+    try:
+        while any(proc.poll() is None for proc in procs) and time.time() < deadline:
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return [(open(out).read(), open(err).read()) for out, err in logs]
+
+
+def _start(command, env, log_prefix):
+    logs = (f"{log_prefix}.out", f"{log_prefix}.err")
+    with open(logs[0], "w") as out, open(logs[1], "w") as err:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True), logs
+
+
+def _run_cluster(script, records_dir, run_dir, attempts=3):
+    """Runs two workers on free loopback ports; the ports are only free when
+    chosen, so a worker that finds its port taken means another try with new
+    ports (and a fresh model directory). Returns (model_dir, [(stdout, stderr)])."""
+    for attempt in range(attempts):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+        model_dir = str(run_dir / f"cluster_run{attempt}")
+        procs, logs = [], []
+        for index in range(2):
+            tf_config = json.dumps({"cluster": cluster,
+                                    "task": {"type": "worker", "index": index}})
+            proc, log = _start(
+                [sys.executable, str(script), "multi_worker", records_dir, model_dir,
+                 str(run_dir / f"worker{index}.npz")],
+                _env(TF_CONFIG=tf_config), run_dir / f"worker{index}_{attempt}")
+            procs.append(proc)
+            logs.append(log)
+        outputs = _communicate(procs, logs)
+        taken = any(proc.returncode != 0 and PORT_TAKEN.search(err)
+                    for proc, (_, err) in zip(procs, outputs))
+        if not taken:
+            break
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    return model_dir, outputs
+
+
 @pytest.mark.slow
 def test_two_workers_end_with_equal_weights(tiny_records, tmp_path):
     """Two MultiWorkerMirroredStrategy workers on loopback ports train 3 steps;
     both end with the weights of one process training on the same global batches."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    model_dir = str(tmp_path / "cluster_run")
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), "multi_worker", tiny_records, model_dir,
-             str(tmp_path / f"worker{index}.npz")],
-            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    reference = subprocess.Popen(
+    reference, log = _start(
         [sys.executable, str(script), "default", tiny_records, str(tmp_path / "single_run"),
-         str(tmp_path / "single.npz")],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outputs = []
+         str(tmp_path / "single.npz")], _env(), tmp_path / "single")
     try:
-        for proc in procs + [reference]:
-            outputs.append(proc.communicate(timeout=TIMEOUT))
+        model_dir, outputs = _run_cluster(script, tiny_records, tmp_path)
     finally:
-        for proc in procs + [reference]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    for proc, (_, err) in zip(procs + [reference], outputs):
-        assert proc.returncode == 0, err[-3000:]
+        [(_, err)] = _communicate([reference], [log])
+    assert reference.returncode == 0, err[-3000:]
     worker0, worker1 = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
     assert int(worker0["replicas"]) == int(worker1["replicas"]) == 2
     assert bool(worker0["chief"]) and not bool(worker1["chief"])
@@ -208,3 +253,20 @@ def test_two_workers_end_with_equal_weights(tiny_records, tmp_path):
     assert sorted(f for f in os.listdir(os.path.join(model_dir, "checkpoints"))
                   if f.endswith(".index")) == ["ckpt-2.index", "ckpt-3.index"]
     assert "step 3/3" in outputs[0][1] and "step 3/3" in outputs[1][1]
+
+
+def test_make_strategy_by_name(monkeypatch):
+    # No GPU here: None is the one-device default strategy.
+    assert distribute.make_strategy(None) is tf.distribute.get_strategy()
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+    mirrored = distribute.make_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == 1 and distribute.is_chief(mirrored)
+    with pytest.raises(ValueError, match="strategy must be one of .* got 'mirored'"):
+        distribute.make_strategy("mirored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"task": {}}')
+    with pytest.raises(ValueError, match="'cluster' entry"):
+        distribute.make_strategy("multi_worker")

@@ -1,0 +1,68 @@
+"""The benchmark library functions (kseg/benchmarks/) at tiny sizes: they run, and what
+they report is consistent (timings themselves are not checked)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg.benchmarks import crf as crf_bench
+from kseg.benchmarks import crf_tf as crf_tf_bench
+from kseg.benchmarks import training as training_bench
+from kseg.config import InputConfig, ModelConfig
+from kseg.crf.dense import CRFParams
+from kseg.data import pipeline, records
+
+FAST = CRFParams(num_iter=2)
+
+
+def test_synthetic_crf_input_is_a_valid_crf_input():
+    image, probs = crf_bench.synthetic_crf_input(12, 17, 4, seed=0)
+    assert image.shape == (12, 17, 3) and image.dtype == np.uint8
+    assert probs.shape == (12, 17, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-3)
+    again, _ = crf_bench.synthetic_crf_input(12, 17, 4, seed=0)
+    np.testing.assert_array_equal(image, again)
+
+
+def test_benchmark_crf_tiny():
+    result = crf_bench.benchmark_crf(height=10, width=14, num_labels=3, num_images=3,
+                                     workers=(1, 2), params=FAST)
+    assert [run["workers"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:  # seconds are rounded to the millisecond
+        assert abs(3 / run["images_per_second"] - run["seconds"]) <= 5e-4 + 1e-9
+    assert abs(result["speedup"] - result["runs"][1]["images_per_second"]
+               / result["runs"][0]["images_per_second"]) <= 5e-4 + 1e-9
+
+
+@pytest.mark.slow
+def test_benchmark_crf_tf_tiny():
+    result = crf_tf_bench.benchmark_crf_tf(height=9, width=11, num_labels=3, rounds=1,
+                                           cores=(1,), params=FAST)
+    [run] = result["runs"]
+    assert run["cores"] == 1 and "tf_batch" not in run
+    # Same model, two implementations: (almost) the same labels.
+    assert run["label_agreement"] > 0.9
+    assert "1 core(s)" in crf_tf_bench.format_result(result)[1]
+
+
+def test_training_benchmarks_tiny(tiny_records):
+    batch = training_bench.synthetic_batch(2, 17, 3, seed=0)
+    assert batch["label"].shape == (2, 3, 3) and batch["image_labels"].numpy()[:, 0].all()
+    assert (training_bench.with_kind(batch, "em_adapt")["kind"].numpy() == 4).all()
+    trainer = training_bench.make_trainer(ModelConfig(num_classes=3, width=0.0625))
+    times = training_bench.train_step_seconds(trainer, {"strong": batch}, rounds=1, warmup=1)
+    assert list(times) == ["strong"] and times["strong"] > 0
+    assert int(trainer.optimizer.iterations.numpy()) == 2  # warm-up + one round
+    esteps = training_bench.estep_seconds(batch, 3, ("em_fixed", "em_adapt"), rounds=1)
+    assert list(esteps) == ["em_fixed", "em_adapt"]
+
+    stream = pipeline.Stream(records.split_pattern(tiny_records, "train"), "strong", 2)
+    rate = training_bench.pipeline_images_per_second(
+        [stream], InputConfig(num_classes=6, crop_size=17, seed=0), num_batches=2, warmup=1)
+    assert rate > 0
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "JPEG")
+    decoded = training_bench.jpeg_decode_seconds([buffer.getvalue()] * 2, rounds=1)
+    assert set(decoded) == {"default", "accurate"}

@@ -1,0 +1,83 @@
+"""Tests for kseg/training/trainer.py: one optimiser step checked against hand-written rules."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kseg.config import OptimConfig
+from kseg.constants import KIND_ID
+from kseg.training import trainer as trainer_lib
+
+C = 3
+LR, DECAY = 0.1, 0.5  # large, so a decay applied to the wrong variables shows
+# Caffe's multipliers, written out (not taken from the code under test).
+MULTIPLIER = {"conv1/kernel": 1.0, "conv1/bias": 2.0, "fc8/kernel": 10.0, "fc8/bias": 20.0}
+DECAYS = {"conv1/kernel": True, "conv1/bias": False, "fc8/kernel": True, "fc8/bias": False}
+
+
+def _tiny_network():
+    keras.utils.set_random_seed(3)
+    # Non-zero biases: a decay on biases (x DECAY x bias) would move them.
+    init = keras.initializers.RandomNormal(stddev=0.5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 1, activation="tanh", bias_initializer=init, name="conv1")(inputs)
+    scores = keras.layers.Conv2D(C, 1, bias_initializer=init, name="fc8")(x)
+    return keras.Model(inputs, scores)
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    label = np.array([[[0, 1], [2, 1]], [[1, 0], [0, 255]]], np.int32)  # (2, 2, 2)
+    # Example 1 comes from a dataset without label 2 (Cross-Joint).
+    space = np.array([[True, True, True], [True, True, False]])
+    return {"image": tf.constant(rng.uniform(0, 255, (2, 2, 2, 3)), tf.float32),
+            "kind": tf.fill([2], KIND_ID["strong"]), "label": tf.constant(label),
+            "valid": tf.constant(label != 255),
+            "image_labels": tf.ones([2, C]), "box_mask": tf.ones([2, 2, 2, C], tf.bool),
+            "label_space": tf.constant(space)}
+
+
+def _oracle_loss(scores, batch):
+    """Mean over counted pixels of -log softmax over the example's own labels,
+    one pixel at a time."""
+    terms = []
+    label, space = batch["label"].numpy(), batch["label_space"].numpy()
+    for b, y, x in zip(*np.nonzero(label != 255)):
+        allowed = np.flatnonzero(space[b])
+        logits = tf.gather(scores[b, y, x], allowed)
+        target = int(np.flatnonzero(allowed == label[b, y, x])[0])
+        terms.append(tf.reduce_logsumexp(logits) - logits[target])
+    return tf.add_n(terms) / len(terms)
+
+
+def test_one_sgd_step_uses_multipliers_and_decays_kernels_only():
+    network = _tiny_network()
+    batch = _batch()
+    with tf.GradientTape() as tape:
+        oracle_loss = _oracle_loss(network(batch["image"]), batch)
+    paths = [v.path for v in network.trainable_variables]
+    assert sorted(paths) == sorted(MULTIPLIER)
+    grads = dict(zip(paths, tape.gradient(oracle_loss, network.trainable_variables)))
+    before = {v.path: v.numpy().copy() for v in network.trainable_variables}
+
+    optim = OptimConfig(learning_rate=LR, weight_decay=DECAY, momentum=0.9)
+    trainer = trainer_lib.Trainer(network, optim_config=optim)
+    trainer.compile(optimizer=trainer_lib.make_optimizer(optim))
+    logs = trainer.train_step(batch)
+
+    np.testing.assert_allclose(float(logs["loss"]), float(oracle_loss), rtol=1e-5)
+    for v in network.trainable_variables:
+        w, g = before[v.path], grads[v.path].numpy()
+        # SGD's first step (zero velocity): w - lr * multiplier * (grad + decay * w).
+        step = g + DECAY * w if DECAYS[v.path] else g
+        expected = w - LR * MULTIPLIER[v.path] * step
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=v.path)
+
+
+def test_lr_multiplier_by_path():
+    config = OptimConfig()
+    fake = lambda path: type("V", (), {"path": path})()  # noqa: E731
+    assert [trainer_lib.lr_multiplier(fake(p), config) for p in
+            ("fc8/kernel", "fc8/bias", "conv5_1/bias", "conv5_1/kernel", "fc8b/kernel")] == \
+        [10.0, 20.0, 2.0, 1.0, 1.0]
