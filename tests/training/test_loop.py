@@ -34,9 +34,10 @@ def _experiment(records_dir, model_dir, num_steps, supervision="strong", **data)
 @pytest.mark.slow
 def test_strong_training_beats_all_background(tiny_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    # One run: resuming is the business of tests/training/test_checkpoints.py.
+    experiment.run_training(_experiment(tiny_records, model_dir, 100))
+    assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-100.index"))
+    # Running again with more steps resumes at 100 (not from zero).
     experiment.run_training(_experiment(tiny_records, model_dir, 600))
-    assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-600.index"))
     result = experiment.evaluate_run(model_dir, "val")
     saved = json.load(open(os.path.join(model_dir, "eval_val.json")))
     assert saved["miou"] == pytest.approx(result["miou"])
