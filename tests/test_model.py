@@ -5,6 +5,7 @@ import keras
 from kseg import model
 
 
+@pytest.mark.slow  # full-size VGG16
 @pytest.mark.parametrize("fov", ["large", "small"])
 def test_full_size_maps_321_to_41(fov):
     net = model.build_deeplab(model.ModelConfig(num_classes=21, fov=fov))
@@ -50,6 +51,7 @@ def test_preprocess_round_trip():
     np.testing.assert_array_equal(model.deprocess(x).numpy(), images)
 
 
+@pytest.mark.slow  # full-size VGG16
 @pytest.mark.parametrize("fov", ["large", "small"])
 def test_vgg16_weight_surgery(tmp_path, fov):
     vgg = keras.applications.VGG16(weights=None, include_top=True)

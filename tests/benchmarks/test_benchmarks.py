@@ -47,6 +47,7 @@ def test_benchmark_crf_tf_tiny():
     assert "1 core(s)" in crf_tf_bench.format_result(result)[1]
 
 
+@pytest.mark.slow  # traced training steps
 def test_training_benchmarks_tiny(tiny_records):
     batch = training_bench.synthetic_batch(2, 17, 3, seed=0)
     assert batch["label"].shape == (2, 3, 3) and batch["image_labels"].numpy()[:, 0].all()

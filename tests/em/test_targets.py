@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kseg import model
@@ -90,6 +91,7 @@ def test_masked_cross_entropy_ignores_255():
     assert float(count) == 1.0
 
 
+@pytest.mark.slow  # traced training steps
 def test_training_steps_on_a_mixed_batch(tiny_records):
     """Strong + image-label + box examples in one batch train in one traced step,
     and each example's target is the one of its kind."""
