@@ -362,7 +362,8 @@ def dataset_name(kwargs, prefix="embedded", version=FORMAT_VERSION):
     return f"{prefix}-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _default_cache_dir():
+def default_cache_dir():
+    """$KSEG_DATA_DIR, or ~/.cache/kseg: where generated data and backbones go."""
     return os.environ.get("KSEG_DATA_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "kseg")
 
@@ -370,7 +371,7 @@ def _default_cache_dir():
 def ensure_generated(cache_dir, name, what, generate_fn, kwargs):
     """`<cache_dir>/<name>`, made by generate_fn(staging, **kwargs) in a
     temporary sibling renamed into place (see ensure_embedded)."""
-    cache_dir = os.path.abspath(cache_dir or _default_cache_dir())
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     final = os.path.join(cache_dir, name)
     if os.path.isdir(final):
         return final

@@ -29,7 +29,7 @@ from absl import logging
 
 from kseg import model as model_lib
 from kseg.config import PretrainConfig
-from kseg.data import standin
+from kseg.data import embedded, standin
 from kseg.utils import files
 
 # Bump when the pretraining recipe changes, so cached backbones are rebuilt.
@@ -103,8 +103,7 @@ def backbone_path(config: PretrainConfig, cache_dir: str | None = None) -> str:
     key = json.dumps({"recipe": RECIPE_VERSION, "standin": standin.FORMAT_VERSION,
                       **dataclasses.asdict(config)}, sort_keys=True)
     name = "backbone-" + hashlib.sha256(key.encode()).hexdigest()[:12] + ".npz"
-    cache_dir = cache_dir or os.environ.get("KSEG_DATA_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "kseg")
+    cache_dir = cache_dir or embedded.default_cache_dir()
     return os.path.join(os.path.abspath(cache_dir), "pretrained", name)
 
 
