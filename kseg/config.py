@@ -203,6 +203,10 @@ class OptimConfig:
     classifier_lr_mult: float = setting(
         10.0, "Learning-rate multiplier of fc8's kernel (its bias: times --bias_lr_mult).")
     bias_lr_mult: float = setting(2.0, "Learning-rate multiplier of every bias (Caffe's 2).")
+    freeze_backbone_steps: int = setting(
+        0, "For this many first steps only the layers that do not come from the pretrained "
+        "backbone train (fc8, and the --multiscale branches); conv1-fc7 stay as loaded. "
+        "A value >= --num_steps freezes them for the whole run.")
 
 
 @dataclasses.dataclass(frozen=True)

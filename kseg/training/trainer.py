@@ -24,6 +24,7 @@ import tensorflow as tf
 from kseg.config import EStepConfig, OptimConfig
 from kseg.constants import CLASSIFIER, IGNORE_LABEL
 from kseg.em import targets as targets_lib
+from kseg.model import BACKBONE_LAYERS
 from kseg.training.distribute import num_replicas, sum_over_replicas
 
 
@@ -51,6 +52,11 @@ def lr_multiplier(variable, config: OptimConfig) -> float:
     is_bias = variable.path.endswith("bias")
     mult = config.classifier_lr_mult if variable.path.startswith(CLASSIFIER + "/") else 1.0
     return mult * (config.bias_lr_mult if is_bias else 1.0)
+
+
+def is_backbone(variable) -> bool:
+    """Whether `variable` belongs to conv1-fc7 (what a pretrained backbone provides)."""
+    return variable.path.split("/")[0] in BACKBONE_LAYERS
 
 
 def step_seeds(run_seed: int, step, num: int) -> tf.Tensor:
@@ -144,6 +150,12 @@ class Trainer(keras.Model):
         grads = [lr_multiplier(v, self.optim_config)
                  * (g + decay * v if v.path.endswith("kernel") else g)
                  for g, v in zip(grads, variables)]
+        if self.optim_config.freeze_backbone_steps:
+            # A zero gradient from the first step on is an exact freeze for SGD
+            # (momentum 0) and Adam (moments 0): the frozen weights do not move.
+            open_ = tf.cast(step >= self.optim_config.freeze_backbone_steps, tf.float32)
+            grads = [g * tf.cast(open_, g.dtype) if is_backbone(v) else g
+                     for g, v in zip(grads, variables)]
         self.optimizer.apply(grads, variables)
 
         counted_mask = tf.not_equal(targets, IGNORE_LABEL)
