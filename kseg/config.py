@@ -23,7 +23,7 @@ import dataclasses
 from typing import Any, ClassVar, Sequence
 
 from kseg.constants import (BBOX_OUTSIDE_MODES, DATASETS, FOVS, IMAGE_LABEL_SOURCES, KINDS,
-                            OPTIMIZERS, STRIDE)
+                            OPTIMIZERS, PRECISIONS, STRIDE)
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "",
@@ -111,9 +111,18 @@ class DataConfig:
 class ModelConfig:
     """What defines the network. `width` scales every channel count.
 
+    `precision` is the Keras dtype policy the network is built with: the
+    weights are float32 in every policy, the mixed ones compute conv1-fc7 in
+    bfloat16 or float16 while fc8's scores (and so the loss, the E-steps and
+    the CRF's unaries) stay float32 (kseg.model.build_deeplab). Evaluation,
+    export and prediction rebuild the network with the run's precision unless
+    told another.
+
     A run directory trained again must keep every field but those in
     `TRAINING_ONLY`, which change how the network trains, not its weights
-    (kseg.training.checkpoints.check_same_run)."""
+    (kseg.training.checkpoints.check_same_run). `precision` is kept too: a
+    resumed run continues with the arithmetic it started with (float16 also
+    adds a loss scale to the optimizer's checkpoint)."""
 
     TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("dropout",)
 
@@ -121,8 +130,15 @@ class ModelConfig:
     fov: str = setting("large", "fc6 field of view.", tuple(FOVS))
     width: float = setting(1.0, "Channel width multiplier (1 = VGG-16).")
     dropout: float = setting(0.5, "Dropout rate after fc6 and fc7.")
+    precision: str = setting(
+        "float32", "Arithmetic of the network (a Keras mixed-precision policy; weights stay "
+        "float32, fc8's scores, the loss and the E-steps float32): mixed_bfloat16 on CPUs "
+        "with AVX512_BF16 / AMX and on recent GPUs (A100, H100, ...), mixed_float16 (with loss "
+        "scaling) on older GPUs (V100, T4, ...), float32 elsewhere (README).", PRECISIONS)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.fov not in FOVS:
             raise ValueError(f"fov must be one of {sorted(FOVS)}, got {self.fov!r}")
         if not 0 < self.width <= 1:
@@ -234,6 +250,10 @@ class LoopConfig:
         True, "Also checkpoint the input iterator (shuffle buffer, position), so a resumed "
         "run sees the batches an uninterrupted one would; 17 MB instead of 3.7 MB per "
         "checkpoint on the embedded configs.")
+    jit_compile: bool = setting(
+        False, "Compile the training step with XLA (off: measured slower on CPU, "
+        "BENCHMARKS.md; try it on a GPU). Not with --estep_crf, whose lattice XLA cannot "
+        "compile.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,3 +31,6 @@ OPTIMIZERS = ("sgd", "adam")
 IMAGE_LABEL_SOURCES = ("image", "crop")  # image-level labels of the image or of the crop
 BBOX_OUTSIDE_MODES = ("background", "soft")  # Bbox-EM-Fixed outside every box
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tf.distribute strategies
+# Keras dtype policies of the network (kseg.model.build_deeplab): variables stay
+# float32; the mixed ones compute in bfloat16 / float16 (docs/training.md).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

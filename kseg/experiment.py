@@ -126,6 +126,13 @@ def val_evaluator(data_dir: str, split: str, num_classes: int,
     return run
 
 
+def check_settings(exp: Experiment) -> None:
+    """Raises ValueError for settings that cannot run together."""
+    if exp.loop.jit_compile and exp.estep.estep_crf:
+        raise ValueError("--jit_compile with --estep_crf: XLA cannot compile the E-step's "
+                         "dense CRF (its lattice has data-dependent shapes); drop one of them")
+
+
 def setting_warnings(exp: Experiment) -> list[str]:
     """Settings that are valid but make part of the run do nothing."""
     kinds = {exp.data.supervision} | ({exp.data.joint.supervision} if exp.data.joint else set())
@@ -152,6 +159,7 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
     data fails before that, leaving the directory as it was.
     """
     keras.utils.set_random_seed(exp.seed)
+    check_settings(exp)
     for warning in setting_warnings(exp):
         logging.warning(f"warning: {warning}")
     streams, info = training_setup(exp.data, exp.seed)
@@ -171,7 +179,7 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
         if exp.init_from:
             init_from_run(network, exp.init_from, exp.reset_classifier)
         trainer = trainer_lib.Trainer(network, exp.estep, exp.optim, seed=exp.seed)
-        trainer.compile(optimizer=trainer_lib.make_optimizer(exp.optim))
+        trainer.compile(optimizer=trainer_lib.make_optimizer(exp.optim, exp.model.precision))
     dataset = pipeline.train_dataset(streams, exp.input)
     evaluate_fn = None
     if exp.data.val_split:
@@ -210,13 +218,20 @@ def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
         layer.set_weights(weights)
 
 
-def load_network(model_dir: str):
+def load_network(model_dir: str, precision: str | None = None):
     """Rebuilds a run's network from `config.json` and its newest checkpoint.
 
-    Returns (network, run config dict with "checkpoint": {path, step} of the
-    checkpoint loaded)."""
+    `precision` (kseg.constants.PRECISIONS) overrides the run's: the
+    checkpoint's weights are float32 whatever the run computed in, so any
+    run loads in any precision. Returns (network, run config dict with
+    "checkpoint": {path, step} of the checkpoint loaded; its
+    model.precision is the one built)."""
     config = checkpoints.load_run_config(model_dir)
-    network = model_lib.build_deeplab(ModelConfig(**config["model"]))
+    model_config = ModelConfig(**config["model"])  # a run before --precision: float32
+    if precision is not None:
+        model_config = dataclasses.replace(model_config, precision=precision)
+    config["model"] = dataclasses.asdict(model_config)
+    network = model_lib.build_deeplab(model_config)
     checkpoint = checkpoints.restore_network(network, model_dir)
     logging.info(f"loaded {checkpoint}")
     step = checkpoint.rsplit("-", 1)[-1]
@@ -231,16 +246,21 @@ def split_size(model_dir: str, split: str = "val", data_dir: str | None = None) 
 
 
 def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None,
-                 on_image: Callable | None = None) -> dict:
-    """Evaluates a run's newest checkpoint on a split; writes eval_<split>.json."""
-    network, config = load_network(model_dir)
+                 on_image: Callable | None = None, precision: str | None = None,
+                 jit_compile: bool = False) -> dict:
+    """Evaluates a run's newest checkpoint on a split; writes eval_<split>.json.
+
+    `precision`: the network's (default the run's, `load_network`), recorded
+    in the result; `jit_compile`: XLA (`segment.make_segmenter`)."""
+    network, config = load_network(model_dir, precision)
     data_dir = data_dir or config["data_dir"]
     names = config.get("eval_class_names", config["class_names"])
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
     result = metrics.evaluate(segment_lib.network_predictions(
-        network, dataset, on_image, label_map=config.get("label_map")), len(names))
+        network, dataset, on_image, label_map=config.get("label_map"),
+        jit_compile=jit_compile), len(names))
     result.update(split=split, data_dir=data_dir, class_names=names,
-                  checkpoint=config["checkpoint"])
+                  checkpoint=config["checkpoint"], precision=config["model"]["precision"])
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), result)
     return result
 
@@ -248,9 +268,10 @@ def evaluate_run(model_dir: str, split: str = "val", data_dir: str | None = None
 # --- With the dense CRF -----------------------------------------------------------
 
 
-def _open_run(model_dir: str, split: str, data_dir: str | None, num_images: int | None):
+def _open_run(model_dir: str, split: str, data_dir: str | None, num_images: int | None,
+              precision: str | None = None):
     """(network, run config, data_dir, dataset of the first num_images, image count)."""
-    network, config = load_network(model_dir)
+    network, config = load_network(model_dir, precision)
     data_dir = data_dir or config["data_dir"]
     total = records.read_split_info(data_dir, split)["num_images"]
     dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
@@ -264,7 +285,9 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
                           workers: int | None = None, chunk_size: int | None = None,
                           masks_dir: str | None = None,
                           start_method: str = crf_eval.START_METHOD,
-                          impl: str = crf_eval.CRF_IMPLEMENTATIONS[0]) -> tuple[dict, dict]:
+                          impl: str = crf_eval.CRF_IMPLEMENTATIONS[0],
+                          precision: str | None = None,
+                          jit_compile: bool = False) -> tuple[dict, dict]:
     """Evaluates a run's newest checkpoint with and without the CRF (docs/evaluation.md).
 
     The network runs once over the split; the CRF runs on every image in a
@@ -274,8 +297,10 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
     latter records the CRF setting under ``crf``, as flag lines under
     ``crf_flags`` and the implementation under ``crf_impl``) and, with ``masks_dir``, the CRF masks as palette PNGs.
     Returns (plain, crf) result dicts, each with split, data_dir, class_names.
+    `precision` and `jit_compile`: as in `evaluate_run`.
     """
-    network, config, data_dir, dataset, total = _open_run(model_dir, split, data_dir, None)
+    network, config, data_dir, dataset, total = _open_run(model_dir, split, data_dir, None,
+                                                          precision)
     if masks_dir:
         os.makedirs(masks_dir, exist_ok=True)
     with Progress(total, f"network + crf on {split}") as bar:
@@ -284,11 +309,11 @@ def evaluate_run_with_crf(model_dir: str, split: str = "val", data_dir: str | No
                 write_label_png(os.path.join(masks_dir, sample.image_id + ".png"), crf_labels)
             bar.update()
         plain, crf = crf_eval.evaluate_with_crf(
-            segment_lib.network_samples(network, dataset), network.output_shape[-1], setting,
-            workers, chunk_size, on_image, start_method, impl)
+            segment_lib.network_samples(network, dataset, jit_compile), network.output_shape[-1],
+            setting, workers, chunk_size, on_image, start_method, impl)
     for result in (plain, crf):
         result.update(split=split, data_dir=data_dir, class_names=config["class_names"],
-                      checkpoint=config["checkpoint"])
+                      checkpoint=config["checkpoint"], precision=config["model"]["precision"])
     crf.update(crf=setting.as_dict(), crf_flags=setting.to_flags(), crf_impl=impl)
     files.write_json(os.path.join(model_dir, f"eval_{split}.json"), plain)
     files.write_json(os.path.join(model_dir, f"eval_{split}_crf.json"), crf)

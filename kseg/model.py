@@ -65,19 +65,31 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     uint8 RGB images); output (B, h, w, C) float32 logits with
     h = ceil(H / 8), w = ceil(W / 8) (`score_map_size`).
 
+    `config.precision` is the Keras dtype policy of every layer but fc8:
+    under "mixed_bfloat16" / "mixed_float16" conv1-fc7, the pools and the
+    dropouts compute in that type (the first convolution casts the float32
+    input) while the weights stay float32; fc8 always computes in float32
+    (its input is cast up), so the scores, and the loss, E-steps and CRF
+    that read them, are float32 whatever the policy. The policy is passed
+    to each layer, not set globally, so networks of several precisions can
+    live in one process.
+
     `batch_norm` puts a BatchNormalization (named `<conv>_bn`) between each of
     conv1-fc7 and its ReLU. DeepLab has none; only the stand-in pretraining
     uses it, to train from scratch quickly, and folds it into the
     convolutions afterwards (`fold_batch_norm`), so what it hands on is a
     plain VGG backbone.
     """
+    policy = config.precision
+
     def conv(x, filters, kernel, name, dilation=1, init=None):
         x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation,
                                 activation=None if batch_norm else "relu",
-                                kernel_initializer=init or conv_init, name=name)(x)
+                                kernel_initializer=init or conv_init, name=name,
+                                dtype=policy)(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
+            x = keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
         return x
 
     conv_init = keras.initializers.HeNormal()
@@ -92,16 +104,18 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
             x = conv(x, _channels(channels, config.width), 3, f"block{block}_conv{i}", dilation,
                      first_init if block == i == 1 else conv_init)
         stride = 2 if block <= 3 else 1  # pool4 and pool5 keep the resolution.
-        x = keras.layers.MaxPooling2D(3, strides=stride, padding="same", name=f"block{block}_pool")(x)
+        x = keras.layers.MaxPooling2D(3, strides=stride, padding="same", name=f"block{block}_pool",
+                                      dtype=policy)(x)
     kernel, dilation, fc_channels = FOVS[config.fov]
     fc_channels = _channels(fc_channels, config.width)
     x = conv(x, fc_channels, kernel, "fc6", dilation)
-    x = keras.layers.Dropout(config.dropout, name="drop6")(x)
+    x = keras.layers.Dropout(config.dropout, name="drop6", dtype=policy)(x)
     x = conv(x, fc_channels, 1, "fc7")
-    x = keras.layers.Dropout(config.dropout, name="drop7")(x)
+    x = keras.layers.Dropout(config.dropout, name="drop7", dtype=policy)(x)
+    # float32 whatever the policy: softmax, loss and E-steps need its range.
     scores = keras.layers.Conv2D(
         config.num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        name=CLASSIFIER)(x)
+        name=CLASSIFIER, dtype="float32")(x)
     return keras.Model(inputs, scores, name=name)
 
 

@@ -93,3 +93,30 @@ def test_surgery_needs_width_one_and_an_existing_file(tmp_path):
         model.initialise(net, "large", str(tmp_path / "missing.h5"))
     with pytest.raises(ValueError, match="width-1"):
         model.load_vgg16_weights(net, "large", str(tmp_path / "missing.h5"))
+
+
+@pytest.mark.parametrize("precision,half", [("mixed_bfloat16", "bfloat16"),
+                                            ("mixed_float16", "float16")])
+def test_mixed_precision_computes_in_half_and_scores_in_float32(precision, half):
+    """conv1-fc7 and the pools compute in the half type on float32 weights; fc8 and so
+    the scores stay float32; float32 weights load unchanged and give nearly the same
+    scores."""
+    keras.utils.set_random_seed(0)
+    reference = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625))
+    net = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625, precision=precision))
+    for layer in net.layers[1:]:
+        expected = "float32" if layer.name == "fc8" else half
+        assert layer.compute_dtype == expected, layer.name
+    assert {w.dtype for w in net.weights} == {"float32"}
+    net.set_weights(reference.get_weights())
+    images = np.random.default_rng(0).normal(0, 60, (1, 33, 33, 3)).astype(np.float32)
+    scores = net(images)
+    assert scores.dtype == "float32"
+    expected = reference(images).numpy()
+    # Half precision keeps 8 (bfloat16) or 11 (float16) significant bits.
+    np.testing.assert_allclose(scores.numpy(), expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.ModelConfig(precision="float64")

@@ -51,6 +51,7 @@ def define_flags():
                          f"(default {crf_eval.IMAGES_PER_WORKER} per worker).")
     cli_flags.define_crf_flags()
     cli_flags.define_crf_impl_flag()
+    cli_flags.define_inference_flags()
 
 
 def evaluate_plain():
@@ -66,7 +67,8 @@ def evaluate_plain():
         progress.update()
 
     with progress:
-        result = experiment.evaluate_run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, on_image)
+        result = experiment.evaluate_run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, on_image,
+                                         FLAGS.precision, FLAGS.jit_compile)
     print(metrics.format_table(result, result["class_names"]))
     print(f"wrote {os.path.join(FLAGS.model_dir, f'eval_{FLAGS.split}.json')}")
 
@@ -76,7 +78,8 @@ def evaluate_crf():
     from kseg import experiment  # TensorFlow: see the imports above
     plain, crf = experiment.evaluate_run_with_crf(
         FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, setting, FLAGS.workers,
-        FLAGS.crf_chunk, FLAGS.masks_dir, impl=FLAGS.crf_impl)
+        FLAGS.crf_chunk, FLAGS.masks_dir, impl=FLAGS.crf_impl, precision=FLAGS.precision,
+        jit_compile=FLAGS.jit_compile)
     print(crf_eval.format_side_by_side(plain, crf, plain["class_names"]))
     print(f"CRF ({FLAGS.crf_impl}): " + " ".join(setting.to_flags()))
     for name in (f"eval_{FLAGS.split}.json", f"eval_{FLAGS.split}_crf.json"):

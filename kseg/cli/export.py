@@ -36,12 +36,14 @@ def define_flags():
     flags.DEFINE_bool("crf", False, "Also export the signatures serving_crf and serve_images_crf "
                       "that return dense-CRF labels (TensorFlow ops, --crf_* parameters).")
     cli_flags.define_crf_flags()
+    cli_flags.define_inference_flags()
 
 
 def main(argv):
     del argv
     setting = cli_flags.crf_setting_from_flags() if FLAGS.crf else None
-    path = export.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, setting)
+    path = export.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, setting,
+                             FLAGS.precision, FLAGS.jit_compile)
     names = export.SIGNATURES + (export.CRF_SIGNATURES if FLAGS.crf else ())
     print(f"exported {FLAGS.model_dir} to {path} (signatures: {', '.join(names)})")
 

@@ -197,6 +197,20 @@ def crf_setting_from_flags(values: flags.FlagValues = FLAGS) -> CRFSetting:
     return CRFSetting.from_dict(values.flag_values_dict())
 
 
+def define_inference_flags(values: flags.FlagValues = FLAGS) -> None:
+    """`--precision` and `--jit_compile` of the commands that run a trained
+    network (evaluate, export, predict). The precision's choices and help are
+    `ModelConfig.precision`'s, but its default is the run's own (config.json);
+    XLA is off unless asked, whatever the run trained with."""
+    field = {f.name: f for f in dataclasses.fields(config.ModelConfig)}["precision"]
+    flags.DEFINE_enum("precision", None, list(field.metadata["choices"]),
+                      "Arithmetic of the network (default: the run's, from its config.json). "
+                      + field.metadata["help"], flag_values=values)
+    flags.DEFINE_bool("jit_compile", False, "Compile the network with XLA, once per image "
+                      "size: worth it for images of one size, not for a split of many sizes.",
+                      flag_values=values)
+
+
 def define_workers_flag(values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("workers", None, "Processes of the CRF pool (default or 0: one per "
                          "core; 1: no pool, in this process).", flag_values=values)

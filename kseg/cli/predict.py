@@ -38,6 +38,7 @@ def define_flags():
     flags.DEFINE_alias("crf_workers", "workers")  # its earlier name
     cli_flags.define_crf_flags()
     cli_flags.define_crf_impl_flag()
+    cli_flags.define_inference_flags()
 
 
 def main(argv):
@@ -45,9 +46,13 @@ def main(argv):
     # A missing input or run ends in one `error:` line (kseg.cli.app.one_line_errors).
     paths = predict.list_images(FLAGS.input)
     if FLAGS.saved_model:
+        if FLAGS.precision or FLAGS.jit_compile:
+            raise ValueError("--precision and --jit_compile apply to --model_dir; a SavedModel "
+                             "runs as exported (scripts/export.py --precision, --jit_compile)")
         predictor = predict.SavedModelPredictor(FLAGS.saved_model)
     else:
-        predictor = predict.KerasPredictor.from_run(FLAGS.model_dir)
+        predictor = predict.KerasPredictor.from_run(FLAGS.model_dir, FLAGS.precision,
+                                                    FLAGS.jit_compile)
     setting = cli_flags.crf_setting_from_flags() if FLAGS.crf else None
     summary = predict.predict_images(paths, predictor, FLAGS.output, setting,
                                      FLAGS.workers, crf_impl=FLAGS.crf_impl)

@@ -108,10 +108,16 @@ class SegmentationModule(tf.Module):
       crf_num_blocks: row blocks per sparse product of the CRF
         (`kseg.crf.tf_dense.mean_field`); 1 suits a GPU and a server that
         runs several requests at once.
+      jit_compile: compile the network part (`segment`: preprocessing,
+        network, upsampling, softmax) with XLA, once per input size the
+        server sees; decoding and the CRF stay outside XLA.
+
+    The network computes in the precision it was built with
+    (`ModelConfig.precision`); the outputs are float32 in every precision.
     """
 
     def __init__(self, network: keras.Model, class_names, crf_setting: CRFSetting | None = None,
-                 crf_num_blocks: int = 1):
+                 crf_num_blocks: int = 1, jit_compile: bool = False):
         super().__init__(name="kseg_segmentation")
         num_classes = network.output_shape[-1]
         if len(class_names) != num_classes:
@@ -125,6 +131,9 @@ class SegmentationModule(tf.Module):
             raise TypeError(f"crf_setting must be a CRFSetting, got {crf_setting!r}")
         self._crf_setting = crf_setting
         self._crf_num_blocks = crf_num_blocks
+        self._probabilities = (tf.function(lambda images: segment(network, images),
+                                           jit_compile=True)
+                               if jit_compile else lambda images: segment(network, images))
         if crf_setting is not None:
             # Instance attributes, not methods: saving traces every tf.function
             # of the module, and without a CRF there is none to trace.
@@ -151,7 +160,7 @@ class SegmentationModule(tf.Module):
         return out
 
     def _segment(self, images):
-        probabilities = segment(self._network, images)  # (B, H, W, C)
+        probabilities = self._probabilities(images)  # (B, H, W, C)
         return {"labels": tf.argmax(probabilities, -1, output_type=tf.int32),
                 "probabilities": probabilities}
 
@@ -167,7 +176,7 @@ class SegmentationModule(tf.Module):
 
     def _segment_crf(self, images):
         setting = self._crf_setting
-        probabilities = segment(self._network, images)  # (B, H, W, C)
+        probabilities = self._probabilities(images)  # (B, H, W, C)
         marginals, labels = tf_dense.dense_crf(
             images, probabilities, setting.params,
             reference_size=setting.reference_size or None, num_blocks=self._crf_num_blocks)
@@ -187,11 +196,13 @@ class SegmentationModule(tf.Module):
 
 
 def export_saved_model(network: keras.Model, export_dir: str, class_names,
-                       overwrite: bool = False, crf_setting: CRFSetting | None = None) -> str:
+                       overwrite: bool = False, crf_setting: CRFSetting | None = None,
+                       jit_compile: bool = False) -> str:
     """Writes the SavedModel of the module docstring to `export_dir`; returns it.
 
     With `crf_setting` (a `kseg.crf.evaluate.CRFSetting`) it also holds the
-    CRF signatures and the CRF's parameters in `metadata`.
+    CRF signatures and the CRF's parameters in `metadata`. `jit_compile`:
+    see `SegmentationModule`.
 
     The model is written beside `export_dir` and renamed into place, so a
     server watching the parent directory never sees half an export. An
@@ -203,7 +214,7 @@ def export_saved_model(network: keras.Model, export_dir: str, class_names,
                               "Serving: a new version number) or pass --overwrite")
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    module = SegmentationModule(network, class_names, crf_setting)
+    module = SegmentationModule(network, class_names, crf_setting, jit_compile=jit_compile)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         names_file = os.path.join(staging, "class_names.txt")
@@ -221,7 +232,10 @@ def export_saved_model(network: keras.Model, export_dir: str, class_names,
 
 
 def export_run(model_dir: str, export_dir: str, overwrite: bool = False,
-               crf_setting: CRFSetting | None = None) -> str:
-    """Exports a training run's newest checkpoint (see `export_saved_model`)."""
-    network, config = experiment.load_network(model_dir)
-    return export_saved_model(network, export_dir, config["class_names"], overwrite, crf_setting)
+               crf_setting: CRFSetting | None = None, precision: str | None = None,
+               jit_compile: bool = False) -> str:
+    """Exports a training run's newest checkpoint (see `export_saved_model`),
+    in the run's precision or `precision`."""
+    network, config = experiment.load_network(model_dir, precision)
+    return export_saved_model(network, export_dir, config["class_names"], overwrite, crf_setting,
+                              jit_compile)

@@ -122,17 +122,19 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
 class KerasPredictor:
     """Probabilities from a network: image (H, W, 3) uint8 -> (H, W, C) float32."""
 
-    def __init__(self, network, class_names: Sequence[str]):
+    def __init__(self, network, class_names: Sequence[str], jit_compile: bool = False):
         from kseg.inference.segment import make_segmenter
-        self._segment = make_segmenter(network)
+        self._segment = make_segmenter(network, jit_compile)
         self.class_names = list(class_names)
 
     @classmethod
-    def from_run(cls, model_dir: str) -> "KerasPredictor":
-        """The newest checkpoint of a training run directory."""
+    def from_run(cls, model_dir: str, precision: str | None = None,
+                 jit_compile: bool = False) -> "KerasPredictor":
+        """The newest checkpoint of a training run directory, in the run's
+        precision or `precision`; `jit_compile`: XLA, once per image size."""
         from kseg import experiment
-        network, config = experiment.load_network(model_dir)
-        return cls(network, config["class_names"])
+        network, config = experiment.load_network(model_dir, precision)
+        return cls(network, config["class_names"], jit_compile)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self._segment(image).numpy()

@@ -48,9 +48,15 @@ def segment(network: keras.Model, images: tf.Tensor) -> tf.Tensor:
     return tf.nn.softmax(scores[:, :height, :width], axis=-1)  # (B, H, W, C)
 
 
-def make_segmenter(network: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A traced `segment` for one uint8 image (H, W, 3) -> probs (H, W, C)."""
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+def make_segmenter(network: keras.Model,
+                   jit_compile: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A traced `segment` for one uint8 image (H, W, 3) -> probs (H, W, C).
+
+    With `jit_compile` XLA compiles it, once per image size: on a split of
+    images of many sizes (VOC) the compilations can cost more than they
+    save; images of one size (the embedded data, a camera) pay once."""
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+                 jit_compile=jit_compile)
     def run(image):
         return segment(network, image[None])[0]
     return run
@@ -58,14 +64,15 @@ def make_segmenter(network: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def network_predictions(network: keras.Model, dataset: tf.data.Dataset,
                         on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-                        label_map: Sequence[int] | None = None):
+                        label_map: Sequence[int] | None = None, jit_compile: bool = False):
     """Yields (label, prediction) per image of an `eval_dataset`.
 
     `on_image(id, image, probs, prediction)` sees every image (to write
     masks or run a CRF) before its pair is yielded. With `label_map` (the
     network's label of each dataset label, Cross-Joint) the probabilities
-    are those of the mapped labels, renormalised, in the dataset's order."""
-    run = make_segmenter(network)
+    are those of the mapped labels, renormalised, in the dataset's order.
+    `jit_compile`: see `make_segmenter`."""
+    run = make_segmenter(network, jit_compile)
     for example in dataset:
         probs = run(example["image"]).numpy()  # (H, W, C)
         if label_map is not None:
@@ -77,7 +84,8 @@ def network_predictions(network: keras.Model, dataset: tf.data.Dataset,
         yield example["label"].numpy(), prediction
 
 
-def network_samples(network: keras.Model, dataset: tf.data.Dataset) -> Iterator[CRFSample]:
+def network_samples(network: keras.Model, dataset: tf.data.Dataset,
+                    jit_compile: bool = False) -> Iterator[CRFSample]:
     """Runs `network` once over an `eval_dataset` (through `network_predictions`);
     yields a `kseg.crf.evaluate.CRFSample` per image, for the dense CRF."""
     seen = []
@@ -85,6 +93,6 @@ def network_samples(network: keras.Model, dataset: tf.data.Dataset) -> Iterator[
     def keep(image_id, image, probs, prediction):
         seen.append((image_id, image, probs))
 
-    for label, _ in network_predictions(network, dataset, keep):
+    for label, _ in network_predictions(network, dataset, keep, jit_compile=jit_compile):
         image_id, image, probs = seen.pop()
         yield CRFSample(image_id, image, label, probs)

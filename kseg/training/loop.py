@@ -143,6 +143,11 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
         logs["stop"] = sum_over_replicas(tf.identity(stop)) > 0
         return logs
 
+    if loop.jit_compile:
+        # XLA compiles each replica's step (as Keras' own fit does), not the
+        # distribution around it; one compilation per batch shape.
+        replica_step = tf.function(replica_step, jit_compile=True)
+
     @tf.function
     def train_fn(batch, stop):
         out = strategy.run(replica_step, args=(distribute_batch(strategy, batch), stop))
@@ -162,7 +167,13 @@ def train(trainer: Trainer, dataset: tf.data.Dataset, loop: LoopConfig,
                 requested = tf.constant(1.0 if signals.signum else 0.0)
                 out, stop = train_fn(next(iterator), requested)
                 logs = {k: float(v) for k, v in out.items()}
-                step += 1
+                # The optimizer's counter, not a count of calls: under float16
+                # a step whose scaled gradients overflowed is skipped (the loss
+                # scale halves) and the same step is taken on the next batch.
+                taken = int(trainer.optimizer.iterations.numpy())
+                if taken == step and math.isfinite(logs["loss"]) and not bool(stop):
+                    continue
+                step = taken
                 if not math.isfinite(logs["loss"]):
                     kept = (f"The last good checkpoint is kept: {checkpoints.latest}."
                             if checkpoints.latest else "No checkpoint was written yet.")

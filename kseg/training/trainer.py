@@ -35,16 +35,32 @@ def learning_rate_schedule(config: OptimConfig):
         decay_rate=config.lr_decay, staircase=True)
 
 
-def make_optimizer(config: OptimConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(config: OptimConfig, precision: str = "float32") -> keras.optimizers.Optimizer:
     """SGD with momentum (the paper), or Adam. The per-layer multipliers of
     `lr_multiplier` scale gradients, which is an exact learning-rate
-    multiplier for SGD only (Adam is invariant to gradient scale)."""
+    multiplier for SGD only (Adam is invariant to gradient scale).
+
+    Under `precision="mixed_float16"` the optimizer is wrapped in Keras'
+    `LossScaleOptimizer` (dynamic loss scaling: float16 gradients underflow
+    without it; a step whose scaled gradients overflow is skipped and the
+    scale halved). bfloat16 has float32's range and needs no scaling."""
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate_schedule(config),
-                                    momentum=config.momentum)
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate_schedule(config))
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate_schedule(config),
+                                         momentum=config.momentum)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config))
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def loss_scale(optimizer) -> tf.Tensor | float:
+    """The factor `optimizer.scale_loss` multiplies a loss by (1 without loss scaling)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.scale_loss(tf.constant(1.0))
+    return 1.0
 
 
 def lr_multiplier(variable, config: OptimConfig) -> float:
@@ -127,6 +143,10 @@ class Trainer(keras.Model):
         averages them over replicas).
         """
         variables = self.network.trainable_variables
+        if not self.optimizer.built:
+            # Before the loss scale is read below: a traced step must read the
+            # loss-scale variable, not the initial scale as a constant.
+            self.optimizer.build(variables)
         step = self.optimizer.iterations  # the step being taken, from 0
         generators = seed_generators(self.network)
         seeds = step_seeds(self.seed, step, 1 + len(generators))  # (1 + G, 2)
@@ -144,9 +164,14 @@ class Trainer(keras.Model):
             # gradients add up to the single-device gradient.
             global_counted = tf.maximum(sum_over_replicas(counted), 1.0)
             loss = loss_sum / global_counted
-        grads = tape.gradient(loss, variables)
-        # The optimizer sums gradients over replicas: each adds its share of the decay.
-        decay = self.optim_config.weight_decay / num_replicas()
+            # float16: the loss scaled up so that small gradients survive;
+            # the LossScaleOptimizer divides the gradients back (and skips a
+            # step whose scaled gradients overflowed). Otherwise unchanged.
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, variables)
+        # The optimizer sums gradients over replicas: each adds its share of the
+        # decay, scaled like the gradients, which the optimizer divides back.
+        decay = self.optim_config.weight_decay / num_replicas() * loss_scale(self.optimizer)
         grads = [lr_multiplier(v, self.optim_config)
                  * (g + decay * v if v.path.endswith("kernel") else g)
                  for g, v in zip(grads, variables)]

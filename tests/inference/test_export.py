@@ -245,3 +245,23 @@ def test_benchmark_inference_reports_images_per_second():
     assert all(0.1 < rate < 1e4 for rate in rates), rates
     assert result["saved_model_over_keras"] == pytest.approx(rates[1] / rates[0])
     assert result["image_size"] == "57x41" and result["batch_size"] == 1
+
+
+@pytest.mark.parametrize("precision,jit_compile", [("float32", True), ("mixed_bfloat16", False),
+                                                   ("mixed_float16", False)])
+def test_export_in_every_precision_and_with_xla(tmp_path, precision, jit_compile):
+    """float32 weights exported in each precision (and compiled by XLA): the
+    reloaded model's probabilities are float32 and those of the float32 network
+    up to the half type's rounding."""
+    keras.utils.set_random_seed(0)
+    reference = model.build_deeplab(ModelConfig(num_classes=3, width=0.0625))
+    network = model.build_deeplab(ModelConfig(num_classes=3, width=0.0625, precision=precision))
+    network.set_weights(reference.get_weights())
+    path = export.export_saved_model(network, str(tmp_path / "model"), ["a", "b", "c"],
+                                     jit_compile=jit_compile)
+    images = np.random.default_rng(0).integers(0, 256, (1, 19, 27, 3), np.uint8)
+    served = tf.saved_model.load(path).signatures["serve_images"](images=tf.constant(images))
+    assert served["probabilities"].dtype == tf.float32
+    expected = segment_lib.segment(reference, tf.constant(images)).numpy()
+    atol = 1e-5 if precision == "float32" else 0.02
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=atol)

@@ -6,12 +6,18 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kseg import experiment, model
 from kseg.config import DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig, ModelConfig, OptimConfig
+from kseg.benchmarks.training import synthetic_batch
+from kseg.constants import KIND_ID
 from kseg.evaluation import metrics
+from kseg.training import checkpoints, loop
+from kseg.training import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -125,3 +131,64 @@ def test_cross_pretrain_reuses_all_but_the_classifier(tiny_records, tiny_coco_re
     with pytest.raises(ValueError, match="reset_classifier"):
         experiment.init_from_run(net, voc.init_from, False)
     experiment.run_training(voc)
+
+
+@pytest.mark.slow
+def test_bfloat16_run_evaluates_in_any_precision_and_reruns_only_in_its_own(
+        tiny_records, tmp_path):
+    """--precision=mixed_bfloat16 on a semi EM-Adapt run (one strong + one EM-Adapt
+    example per batch): config.json records the precision, the run evaluates in it
+    by default (under XLA too) and in float32 when asked, and a rerun in another
+    precision is refused."""
+    model_dir = str(tmp_path / "run")
+    exp = _experiment(tiny_records, model_dir, 2, "em_adapt", num_strong=24, strong_per_batch=1,
+                      weak_per_batch=1, val_split="")
+    exp = dataclasses.replace(
+        exp, model=ModelConfig(num_classes=6, width=0.0625, dropout=0.0,
+                               precision="mixed_bfloat16"),
+        input=dataclasses.replace(exp.input, crop_size=33, shuffle_buffer=8),
+        loop=dataclasses.replace(exp.loop, image_every=0, checkpoint_input=False))
+    logs = experiment.run_training(exp)
+    assert np.isfinite(logs["loss"]) and logs["fg_fraction"] > 0
+    assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-2.index"))
+    assert json.load(open(os.path.join(model_dir, "config.json")))["model"]["precision"] == \
+        "mixed_bfloat16"
+    bf16 = experiment.evaluate_run(model_dir, "val", jit_compile=True)
+    fp32 = experiment.evaluate_run(model_dir, "val", precision="float32")
+    assert (bf16["precision"], fp32["precision"]) == ("mixed_bfloat16", "float32")
+    assert abs(bf16["pixel_accuracy"] - fp32["pixel_accuracy"]) < 0.02
+    other = dataclasses.replace(exp, model=dataclasses.replace(exp.model, precision="float32"))
+    with pytest.raises(checkpoints.RunMismatchError, match="precision"):
+        experiment.run_training(other)
+    with pytest.raises(ValueError, match="--estep_crf"):
+        experiment.run_training(dataclasses.replace(
+            exp, loop=dataclasses.replace(exp.loop, jit_compile=True),
+            estep=dataclasses.replace(exp.estep, estep_crf=True)))
+
+
+@pytest.mark.slow  # XLA compiles the step (E-steps included)
+def test_xla_float16_loop_with_em_adapt_counts_only_the_steps_taken(tmp_path):
+    """--jit_compile with a strong and an EM-Adapt example per batch, in float16 with
+    a loss scale so large that the first steps overflow: those are skipped (the
+    scale halves) and the loop still takes `num_steps` optimizer steps, the last
+    checkpoint named after the last of them."""
+    keras.utils.set_random_seed(0)
+    num_classes, side = 3, 5
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="conv1", dtype="mixed_float16")(inputs)
+    scores = keras.layers.Conv2D(num_classes, 1, name="fc8", dtype="float32")(x)
+    optim = OptimConfig(optimizer="sgd", learning_rate=1e-3)
+    trainer = trainer_lib.Trainer(keras.Model(inputs, scores), optim_config=optim)
+    trainer.compile(optimizer=keras.optimizers.LossScaleOptimizer(
+        trainer_lib.make_optimizer(optim), initial_scale=2.0 ** 40))
+    batch = synthetic_batch(2, side, num_classes)
+    batch["image"] = tf.random.stateless_normal([2, side, side, 3], [0, 1])  # stride 1 here
+    batch["kind"] = tf.constant([KIND_ID["strong"], KIND_ID["em_adapt"]])
+    model_dir = str(tmp_path / "run")
+    logs = loop.train(trainer, tf.data.Dataset.from_tensors(batch).repeat(), LoopConfig(
+        model_dir=model_dir, num_steps=3, log_every=1, image_every=0, checkpoint_every=100,
+        jit_compile=True))
+    assert np.isfinite(logs["loss"]) and logs["fg_fraction"] > 0
+    assert int(trainer.optimizer.iterations.numpy()) == 3
+    assert float(trainer.optimizer.dynamic_scale.numpy()) < 2.0 ** 20  # it did overflow
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-3")

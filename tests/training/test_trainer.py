@@ -2,9 +2,12 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from kseg.config import OptimConfig
+from kseg import model as model_lib
+from kseg.benchmarks.training import synthetic_batch
+from kseg.config import ModelConfig, OptimConfig
 from kseg.constants import KIND_ID
 from kseg.training import trainer as trainer_lib
 
@@ -81,3 +84,57 @@ def test_lr_multiplier_by_path():
     assert [trainer_lib.lr_multiplier(fake(p), config) for p in
             ("fc8/kernel", "fc8/bias", "conv5_1/bias", "conv5_1/kernel", "fc8b/kernel")] == \
         [10.0, 20.0, 2.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_every_precision_takes_a_step_on_strong_and_em_adapt_examples(precision):
+    """A DeepLab step in each precision, one strong and one EM-Adapt example in
+    the batch: float32 loss and statistics, every weight moved, one step counted."""
+    keras.utils.set_random_seed(0)
+    net = model_lib.build_deeplab(ModelConfig(num_classes=C, width=0.0625, dropout=0.0,
+                                              precision=precision))
+    trainer = trainer_lib.Trainer(net, optim_config=OptimConfig(optimizer="adam"))
+    trainer.compile(optimizer=trainer_lib.make_optimizer(trainer.optim_config, precision))
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        precision == "mixed_float16")
+    batch = synthetic_batch(2, 17, C)
+    batch["kind"] = tf.constant([KIND_ID["strong"], KIND_ID["em_adapt"]])
+    before = [v.numpy().copy() for v in net.trainable_variables]
+    logs = trainer.train_step(batch)  # eager: tracing costs more than the step here
+    assert all(v.dtype == tf.float32 for v in logs.values())
+    assert np.isfinite(float(logs["loss"])) and float(logs["fg_fraction"]) > 0
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+    for v, b in zip(net.trainable_variables, before):
+        assert v.dtype == "float32" and not np.array_equal(v.numpy(), b), v.path
+
+
+def test_float16_loss_scaling_gives_the_unscaled_update():
+    """Under mixed_float16 the loss is scaled by 2**15 before the gradients and the
+    LossScaleOptimizer divides them back: the SGD step, decay and multipliers
+    included, is the one of the unscaled loss (a decay left unscaled would be
+    divided by 2**15 and vanish)."""
+    keras.utils.set_random_seed(3)
+    init = keras.initializers.RandomNormal(stddev=0.5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 1, activation="tanh", bias_initializer=init, name="conv1",
+                            dtype="mixed_float16")(inputs)
+    scores = keras.layers.Conv2D(C, 1, bias_initializer=init, name="fc8", dtype="float32")(x)
+    network = keras.Model(inputs, scores)
+    batch = _batch()
+    with tf.GradientTape() as tape:
+        oracle_loss = _oracle_loss(network(batch["image"] / 255.0), batch)
+    batch["image"] = batch["image"] / 255.0
+    grads = dict(zip([v.path for v in network.trainable_variables],
+                     tape.gradient(oracle_loss, network.trainable_variables)))
+    before = {v.path: v.numpy().copy() for v in network.trainable_variables}
+    optim = OptimConfig(learning_rate=LR, weight_decay=DECAY, momentum=0.9)
+    trainer = trainer_lib.Trainer(network, optim_config=optim)
+    trainer.compile(optimizer=trainer_lib.make_optimizer(optim, "mixed_float16"))
+    trainer.train_step(batch)
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 15  # no overflow
+    for v in network.trainable_variables:
+        w, g = before[v.path], grads[v.path].numpy()
+        step = g + DECAY * w if DECAYS[v.path] else g
+        expected = w - LR * MULTIPLIER[v.path] * step
+        # float16 gradients of the scaled loss round differently from the unscaled ones.
+        np.testing.assert_allclose(v.numpy(), expected, rtol=2e-3, atol=2e-3, err_msg=v.path)
