@@ -24,6 +24,8 @@ CLASSIFIER = "fc8"
 STRIDE = 8
 # Field of view of fc6: (kernel, dilation, fc6/fc7 channels at width 1).
 FOVS = {"large": (3, 12, 1024), "small": (4, 4, 4096)}
+# VGG-16's convolution blocks: (block, number of 3x3 convs, channels at width 1).
+VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
 # Names of the other choices a run makes.
 DATASETS = ("embedded", "embedded_coco")  # built-in datasets, generated on first use

@@ -16,6 +16,7 @@ Example (a 1/16-width network, quick to build):
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -23,10 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kseg.config import ModelConfig
-from kseg.constants import CLASSIFIER, FOVS, STRIDE
-
-# (block, number of 3x3 convs, channels at width 1) of VGG-16.
-_VGG_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+from kseg.constants import CLASSIFIER, FOVS, STRIDE, VGG_BLOCKS
 
 
 # DeepLab / Caffe VGG-16 input convention: BGR channel order minus the
@@ -57,6 +55,51 @@ def _channels(base: int, width: float) -> int:
     return max(4, int(round(base * width)))
 
 
+@functools.lru_cache(maxsize=None)
+def direct_dilation_supported(dtype: str) -> bool:
+    """Whether this process's default device has dilated Conv2D kernels, gradients
+    included, for `dtype`: oneDNN's on x86 CPUs (TensorFlow's default there) and
+    cuDNN's do; TensorFlow's own CPU kernels (TF_ENABLE_ONEDNN_OPTS=0, some
+    other CPUs) compute no dilated gradient. Found out once per dtype by trying a
+    tiny one, eagerly."""
+    with tf.init_scope():
+        try:
+            x, kernel = tf.ones([1, 5, 5, 1], dtype), tf.ones([3, 3, 1, 1], dtype)
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)
+            tape.gradient(y, [x, kernel])
+            return True
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                tf.errors.NotFoundError):
+            return False
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class AtrousConv2D(keras.layers.Conv2D):
+    """A Conv2D (same weights, same function) whose dilated convolution is one
+    dilated Conv2D op.
+
+    Keras' Conv2D calls `tf.nn.convolution`, which runs any dilation > 1 as
+    SpaceToBatch -> undilated convolution -> BatchToSpace (the one form that
+    once had CPU gradients). For DeepLab's fc6 (3x3, dilation 12, on a 41x41
+    map) that convolves 144 padded 6x6 tiles, a third more multiply-adds than
+    the map has, in tiles too small for fast kernels, and keeps grappler from
+    fusing the bias and ReLU into the convolution: measured, a batch-1
+    training step spent ~30% of its time in fc6 for ~16% of its FLOPs
+    (BENCHMARKS.md). Where the device has dilated kernels
+    (`direct_dilation_supported`) this layer calls `tf.nn.conv2d` with the
+    dilation instead; elsewhere it is Keras' Conv2D. XLA compiles either.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (max(self.dilation_rate) > 1 and self.data_format == "channels_last"
+                and direct_dilation_supported(self.compute_dtype)):
+            return tf.nn.conv2d(inputs, kernel, strides=list(self.strides),
+                                padding=self.padding.upper(), dilations=list(self.dilation_rate))
+        return super().convolution_op(inputs, kernel)
+
+
 def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
                   batch_norm: bool = False) -> keras.Model:
     """Builds DeepLab-VGG16 as a Keras functional model.
@@ -83,7 +126,8 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     policy = config.precision
 
     def conv(x, filters, kernel, name, dilation=1, init=None):
-        x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation,
+        layer = AtrousConv2D if dilation > 1 else keras.layers.Conv2D
+        x = layer(filters, kernel, padding="same", dilation_rate=dilation,
                                 activation=None if batch_norm else "relu",
                                 kernel_initializer=init or conv_init, name=name,
                                 dtype=policy)(x)
@@ -98,7 +142,7 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     # so that activations start at unit scale.
     first_init = keras.initializers.VarianceScaling(2.0 / INPUT_SCALE**2, "fan_in", "truncated_normal")
     x = inputs = keras.Input((None, None, 3), name="image")
-    for block, num_convs, channels in _VGG_BLOCKS:
+    for block, num_convs, channels in VGG_BLOCKS:
         dilation = 2 if block == 5 else 1  # conv5: atrous, rate 2.
         for i in range(1, num_convs + 1):
             x = conv(x, _channels(channels, config.width), 3, f"block{block}_conv{i}", dilation,
@@ -149,7 +193,7 @@ def _fc_surgery(fc1_kernel: np.ndarray, fc2_kernel: np.ndarray, fc1_bias: np.nda
     return [fc6, fc1_bias[::step]], [fc7, fc2_bias[::step]]
 
 
-BACKBONE_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in _VGG_BLOCKS
+BACKBONE_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in VGG_BLOCKS
                         for i in range(1, n + 1)) + ("fc6", "fc7")
 
 

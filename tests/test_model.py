@@ -120,3 +120,32 @@ def test_mixed_precision_computes_in_half_and_scores_in_float32(precision, half)
 def test_unknown_precision_is_rejected():
     with pytest.raises(ValueError, match="precision must be one of"):
         model.ModelConfig(precision="float64")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_atrous_conv_equals_keras_conv_values_and_gradients(monkeypatch, direct):
+    """AtrousConv2D (block5, fc6) is Keras' dilated Conv2D: same outputs and weight
+    gradients, through one dilated op where the device has one and through Keras'
+    space-to-batch where not; an odd map size and the 4x4 kernel included."""
+    import tensorflow as tf
+    if not direct:
+        monkeypatch.setattr(model, "direct_dilation_supported", lambda dtype: False)
+    elif not model.direct_dilation_supported("float32"):
+        pytest.skip("no dilated Conv2D gradient kernels on this device")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 13, 11, 3)), tf.float32)
+    for kernel, dilation in ((3, 4), (4, 2)):
+        plain = keras.layers.Conv2D(5, kernel, padding="same", dilation_rate=dilation)
+        atrous = model.AtrousConv2D(5, kernel, padding="same", dilation_rate=dilation)
+        plain.build(x.shape)
+        atrous.build(x.shape)
+        atrous.set_weights([w + 0.1 for w in plain.get_weights()])
+        plain.set_weights(atrous.get_weights())
+        grads = []
+        for layer in (plain, atrous):
+            with tf.GradientTape() as tape:
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            grads.append((y.numpy(), *[g.numpy() for g in tape.gradient(loss, layer.weights)]))
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
