@@ -13,6 +13,12 @@ crf_tf: seconds per image of the TensorFlow dense CRF (kseg.crf.tf_dense)
   against pydensecrf at 500x375, 21 labels, 10 iterations, on 1 and 2 cores,
   alternating round by round in one run (kseg.benchmarks.crf_tf).
 serving: SavedModel inference images/s against the Keras model's, 500x375.
+network: kseg's training step and inference images/s (DeepLab-LargeFOV at
+  321x321, width 1, and the embedded setting), per precision, with and
+  without XLA, strong and each E-step kind, against the same network in plain
+  PyTorch (CPU; `pip install -e '.[bench]'`, skipped without it) in the same
+  run, alternating, same thread count; achieved GFLOP/s against the machine's
+  peak (kseg.benchmarks.network). --network_rows picks the rows.
 """
 
 import contextlib
@@ -33,8 +39,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
-    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "crf_tf", "serving"],
-                      "Which measurements to run.")
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "crf_tf", "serving",
+                               "network"], "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
     flags.DEFINE_integer("serving_rounds", 5, "Rounds of the serving comparison (median).")
@@ -52,6 +58,19 @@ def define_flags():
     flags.DEFINE_integer("crf_tf_height", 375, "Image height of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("crf_tf_width", 500, "Image width of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
+    from kseg.benchmarks.network import DEFAULT_ROWS  # no TensorFlow
+    flags.DEFINE_list("network_rows", list(DEFAULT_ROWS),
+                      "Rows of the network benchmark: MODE-bBATCH-PRECISION[-xla][-KIND]"
+                      "[-embedded], MODE train|infer|serve, PRECISION fp32|bf16|fp16, KIND "
+                      "em_fixed|em_adapt|bbox_em_fixed (kseg.benchmarks.network.Row).")
+    flags.DEFINE_integer("network_rounds", 3, "Alternating kseg/PyTorch rounds per row (median).")
+    flags.DEFINE_integer("network_steps", 1, "Timed calls per round and framework.")
+    flags.DEFINE_integer("network_threads", None, "Intra-op threads of both frameworks "
+                         "(default: the usable cores).")
+    flags.DEFINE_float("network_width", 1.0, "Width of the rows without 'embedded' (1: "
+                       "DeepLab-LargeFOV; smaller to try the benchmark quickly).")
+    flags.DEFINE_integer("network_size", 321, "Image side of the rows without 'embedded'.")
+    flags.DEFINE_bool("network_torch", True, "Compare with PyTorch when it is installed.")
     flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                         "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 
@@ -128,6 +147,20 @@ def bench_serving():
               f"{r['saved_model_over_keras']:.2f}")
 
 
+def bench_network():
+    from kseg.benchmarks import network
+    rows = [network.Row.parse(r, FLAGS.network_width, FLAGS.network_size)
+            for r in FLAGS.network_rows]
+    if FLAGS.network_torch and not network.torch_available():
+        sys.stderr.write("PyTorch is not installed (pip install -e '.[bench]'): timing kseg "
+                         "alone\n")
+    result = network.benchmark_network(
+        rows, FLAGS.network_threads, FLAGS.network_rounds, FLAGS.network_steps,
+        with_torch=FLAGS.network_torch and network.torch_available(),
+        progress=lambda line: sys.stderr.write(line + "\n"))
+    print("\n".join(network.format_result(result)))
+
+
 def write_section(path, what, text):
     """Replaces the `what` section of a markdown file (kept between markers)."""
     begin, end = f"<!-- {what}:begin -->", f"<!-- {what}:end -->"
@@ -146,7 +179,8 @@ def main(argv):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
-             "crf": bench_crf, "crf_tf": bench_crf_tf, "serving": bench_serving}[what]()
+             "crf": bench_crf, "crf_tf": bench_crf_tf, "serving": bench_serving,
+             "network": bench_network}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())
