@@ -124,9 +124,10 @@ def test_unknown_precision_is_rejected():
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_atrous_conv_equals_keras_conv_values_and_gradients(monkeypatch, direct):
-    """AtrousConv2D (block5, fc6) is Keras' dilated Conv2D: same outputs and weight
-    gradients, through one dilated op where the device has one and through Keras'
-    space-to-batch where not; an odd map size and the 4x4 kernel included."""
+    """AtrousConv2D (block5, fc6) is Keras' dilated Conv2D: same outputs, input and
+    weight gradients, through `atrous_conv2d` where the device has dilated kernels and
+    through Keras' space-to-batch where not; an odd map size and a 4x4 kernel (uneven
+    'same' padding) included."""
     import tensorflow as tf
     if not direct:
         monkeypatch.setattr(model, "direct_dilation_supported", lambda dtype: False)
@@ -144,8 +145,10 @@ def test_atrous_conv_equals_keras_conv_values_and_gradients(monkeypatch, direct)
         grads = []
         for layer in (plain, atrous):
             with tf.GradientTape() as tape:
+                tape.watch(x)
                 y = layer(x)
                 loss = tf.reduce_sum(y * y)
-            grads.append((y.numpy(), *[g.numpy() for g in tape.gradient(loss, layer.weights)]))
+            grads.append((y.numpy(), *[g.numpy() for g in tape.gradient(
+                loss, [x, *layer.weights])]))
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
