@@ -35,6 +35,29 @@ def learning_rate_schedule(config: OptimConfig):
         decay_rate=config.lr_decay, staircase=True)
 
 
+class SGD(keras.optimizers.SGD):
+    """Keras' SGD with momentum, its update as one fused op per variable.
+
+    Keras updates a variable with momentum m as m <- momentum m - lr g, then
+    w <- w + m: five element-wise passes over the variable, ~46 ms a step for
+    the 20.5M parameters of the width-1 network on 2 cores (loaded machine).
+    TensorFlow's ResourceApplyKerasMomentum computes the same in one pass
+    (~25 ms). Nesterov and sparse gradients keep Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum == 0 or self.nesterov or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        momentum = self.momentums[self._get_variable_index(variable)]
+        variable = variable.value if isinstance(variable, keras.Variable) else variable
+        momentum = momentum.value if isinstance(momentum, keras.Variable) else momentum
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=momentum.handle,
+            lr=tf.cast(learning_rate, variable.dtype), grad=tf.cast(gradient, variable.dtype),
+            momentum=tf.cast(self.momentum, variable.dtype), use_locking=False,
+            use_nesterov=False)
+
+
 def make_optimizer(config: OptimConfig, precision: str = "float32") -> keras.optimizers.Optimizer:
     """SGD with momentum (the paper), or Adam. The per-layer multipliers of
     `lr_multiplier` scale gradients, which is an exact learning-rate
@@ -45,8 +68,7 @@ def make_optimizer(config: OptimConfig, precision: str = "float32") -> keras.opt
     without it; a step whose scaled gradients overflow is skipped and the
     scale halved). bfloat16 has float32's range and needs no scaling."""
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate_schedule(config),
-                                         momentum=config.momentum)
+        optimizer = SGD(learning_rate=learning_rate_schedule(config), momentum=config.momentum)
     elif config.optimizer == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config))
     else:
@@ -68,6 +90,10 @@ def lr_multiplier(variable, config: OptimConfig) -> float:
     is_bias = variable.path.endswith("bias")
     mult = config.classifier_lr_mult if variable.path.startswith(CLASSIFIER + "/") else 1.0
     return mult * (config.bias_lr_mult if is_bias else 1.0)
+
+
+def _times(factor: float, gradient: tf.Tensor) -> tf.Tensor:
+    return gradient if factor == 1.0 else factor * gradient
 
 
 def is_backbone(variable) -> bool:
@@ -172,8 +198,11 @@ class Trainer(keras.Model):
         # The optimizer sums gradients over replicas: each adds its share of the
         # decay, scaled like the gradients, which the optimizer divides back.
         decay = self.optim_config.weight_decay / num_replicas() * loss_scale(self.optimizer)
-        grads = [lr_multiplier(v, self.optim_config)
-                 * (g + decay * v if v.path.endswith("kernel") else g)
+        # A multiplier of 1 (most variables) or no decay is no op at all: each is
+        # a pass over the variable (20.5M parameters at width 1), and x 1.0 is exact.
+        grads = [_times(lr_multiplier(v, self.optim_config),
+                        g + decay * v if self.optim_config.weight_decay
+                        and v.path.endswith("kernel") else g)
                  for g, v in zip(grads, variables)]
         if self.optim_config.freeze_backbone_steps:
             # A zero gradient from the first step on is an exact freeze for SGD

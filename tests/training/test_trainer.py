@@ -138,3 +138,21 @@ def test_float16_loss_scaling_gives_the_unscaled_update():
         expected = w - LR * MULTIPLIER[v.path] * step
         # float16 gradients of the scaled loss round differently from the unscaled ones.
         np.testing.assert_allclose(v.numpy(), expected, rtol=2e-3, atol=2e-3, err_msg=v.path)
+
+
+def test_fused_sgd_takes_keras_sgd_steps():
+    """trainer.SGD (one fused op per variable) moves weights and momenta as Keras' SGD."""
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")]
+    grads = [[tf.constant(rng.normal(size=w.shape), tf.float32) for w in start] for _ in range(3)]
+    out = []
+    def run(optimizer):
+        variables = [keras.Variable(w) for w in start]
+        step = tf.function(lambda g: optimizer.apply(g, variables))
+        for g in grads:
+            step(g)
+        return [v.numpy() for v in variables] + [m.numpy() for m in optimizer.momentums]
+
+    out = [run(keras.optimizers.SGD(0.1, momentum=0.9)), run(trainer_lib.SGD(0.1, momentum=0.9))]
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
