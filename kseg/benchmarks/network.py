@@ -18,8 +18,9 @@ network is width 1 (DeepLab-LargeFOV, 20.5M parameters) at 321x321.
 How it is measured. TensorFlow's and PyTorch's thread pools fight when both
 live in one process, so each framework runs in a worker process of its own
 (`python -m kseg.benchmarks.network --worker=kseg|torch`), both with the
-same number of intra-op threads (the cores; TensorFlow's inter-op pool 1
-thread, PyTorch's 1). The parent sets up a row in both (build, trace or
+same number of intra-op threads (the cores; TensorFlow's inter-op pool as
+kseg's commands leave it, TensorFlow's default, unless `inter_op` says; PyTorch's
+inter-op pool 1 thread). The parent sets up a row in both (build, trace or
 compile, warm up), then alternates timed rounds between them, the other
 worker idle meanwhile, so load from elsewhere falls on both alike; images/s
 come from the median step time over all rounds. Without PyTorch installed
@@ -52,10 +53,12 @@ ESTEP_KINDS = ("em_fixed", "em_adapt", "bbox_em_fixed")
 # The embedded demo's network and crop (flags/embedded_base.cfg).
 EMBEDDED = {"width": 0.125, "size": 129}
 # What `--what=network` measures by default: about 8 minutes on the idle 2-core machine.
+# XLA in bf16 is left out: on the loaded machine it ran inference 4.6x and training 13x
+# slower than without (XLA's CPU convolutions do not use AMX), at a minute of compiling.
 DEFAULT_ROWS = (
     "infer-b1-fp32", "infer-b1-bf16", "infer-b1-fp32-xla", "infer-b10-fp32", "infer-b10-bf16",
     "serve-b1-fp32",
-    "train-b1-fp32", "train-b1-bf16", "train-b1-fp32-xla", "train-b1-bf16-xla",
+    "train-b1-fp32", "train-b1-bf16", "train-b1-fp32-xla",
     "train-b1-fp32-em_fixed", "train-b1-fp32-em_adapt", "train-b1-fp32-bbox_em_fixed",
     "train-b10-fp32", "train-b10-bf16",
     "train-b10-fp32-embedded", "train-b10-bf16-embedded",
@@ -186,10 +189,10 @@ def keras_forward_flops(network, height: int, width: int) -> int:
 class KsegRunner:
     """One row in kseg: `setup(row)` builds, traces and warms up; `run()` is one timed call."""
 
-    def __init__(self, threads: int, inter_op: int = 1):
+    def __init__(self, threads: int, inter_op: int = 0):
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)  # 0: TF's default
         self.run = None
         self._keep = None
         self._tmp = None
@@ -334,7 +337,7 @@ class _Worker:
 
 
 def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: int = 1,
-                      warmup: int = 2, with_torch: bool | None = None, inter_op: int = 1,
+                      warmup: int = 2, with_torch: bool | None = None, inter_op: int = 0,
                       progress=None, gemm_size: int = 2048) -> dict:
     """Times each Row in kseg and (if installed) PyTorch, alternating rounds.
 
@@ -342,9 +345,12 @@ def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: 
       rows: Row objects.
       threads: intra-op threads of both frameworks (default: the usable cores).
       rounds: alternating rounds per row; `steps` timed calls per round and
-        framework (median over all); `warmup` untimed calls after setup.
+        framework (median over all); `warmup` untimed calls after setup (the
+        first traces or compiles; one only for batches over 4, whose calls
+        are long enough to be warm after one).
       with_torch: None: PyTorch if installed.
-      inter_op: TensorFlow's inter-op threads.
+      inter_op: TensorFlow's inter-op threads (0: TensorFlow's default, as
+        kseg's commands run).
       progress: callable taking a line per finished row (e.g. to stderr).
       gemm_size: side of the calibration matmul.
 
@@ -358,6 +364,7 @@ def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: 
     with_torch = torch_available() if with_torch is None else with_torch
     frameworks = ["kseg"] + (["torch"] if with_torch else [])
     result = {"threads": threads, "inter_op": inter_op, "rounds": rounds, "steps": steps,
+              "gemm_size": gemm_size,
               "load_average_before": round(os.getloadavg()[0], 2), "peak": machine_peak(threads),
               "torch": with_torch, "rows": []}
     workers = {}
@@ -368,7 +375,8 @@ def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: 
         for row in rows:
             out = {"name": row.name, "row": row.as_dict()}
             for framework, worker in workers.items():
-                info = worker.request("setup", row=row.as_dict(), warmup=warmup)
+                info = worker.request("setup", row=row.as_dict(),
+                                      warmup=warmup if row.batch <= 4 else min(warmup, 1))
                 out[f"{framework}_setup_seconds"] = round(info["setup_seconds"], 1)
                 out[f"{framework}_flops"], out["params"] = info["flops"], info["params"]
             times = {framework: [] for framework in workers}
@@ -453,7 +461,8 @@ def format_result(result: dict) -> list[str]:
     lines = [f"DeepLab-VGG16 (LargeFOV, {result['rows'][0]['row']['num_classes'] if rows else 21} "
              f"labels): width 1 at 321x321 unless 'embedded' (width 0.125, 129x129); "
              f"{result['threads']} intra-op threads in each framework (TF inter-op "
-             f"{result['inter_op']}), each in its own process; median of {result['rounds']} "
+             f"{result['inter_op'] or 'default'}), each in its own process; median of "
+             f"{result['rounds']} "
              f"alternating rounds x {result['steps']} step(s) after warm-up; load average "
              f"{result['load_average_before']} before, {result['load_average_after']} after."]
     if first is not None:
@@ -462,10 +471,12 @@ def format_result(result: dict) -> list[str]:
             lines.append(f"Forward: {width1[0]['flops'] / 1e9:.1f} GFLOP per 321x321 image, "
                          f"{width1[0]['params'] / 1e6:.1f}M parameters; a training step "
                          "counts 3 x forward.")
-    lines.append(f"Peak: {peak['how']}. Measured 2048^3 matmul in TensorFlow: "
-                 f"{gemm.get('float32', 0):.0f} GFLOP/s fp32, {gemm.get('bfloat16', 0):.0f} bf16.")
+    lines.append(f"Peak: {peak['how']}. Measured {result['gemm_size']}^3 matmul in "
+                 f"TensorFlow: {gemm.get('float32', 0):.0f} GFLOP/s fp32, "
+                 f"{gemm.get('bfloat16', 0):.0f} bf16.")
     if not result["torch"]:
-        lines.append("PyTorch is not installed (pip install -e '.[bench]'): kseg figures only.")
+        lines.append("PyTorch not measured (not installed? pip install -e '.[bench]'): kseg "
+                     "figures only.")
     header = f"  {'row':<34} {'kseg/s':>9}"
     if result["torch"]:
         header += f" {'torch/s':>9} {'ratio':>9}"
@@ -488,7 +499,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=("kseg", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--inter_op", type=int, default=1)
+    parser.add_argument("--inter_op", type=int, default=0)
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -71,6 +71,8 @@ def define_flags():
                        "DeepLab-LargeFOV; smaller to try the benchmark quickly).")
     flags.DEFINE_integer("network_size", 321, "Image side of the rows without 'embedded'.")
     flags.DEFINE_bool("network_torch", True, "Compare with PyTorch when it is installed.")
+    flags.DEFINE_integer("network_inter_op", 0, "TensorFlow's inter-op threads in the network "
+                         "benchmark (0: TensorFlow's default, what kseg's commands use).")
     flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                         "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 
@@ -157,6 +159,7 @@ def bench_network():
     result = network.benchmark_network(
         rows, FLAGS.network_threads, FLAGS.network_rounds, FLAGS.network_steps,
         with_torch=FLAGS.network_torch and network.torch_available(),
+        inter_op=FLAGS.network_inter_op,
         progress=lambda line: sys.stderr.write(line + "\n"))
     print("\n".join(network.format_result(result)))
 
