@@ -37,6 +37,7 @@ def test_machine_peak_is_cores_clock_units_lanes_and_two(tmp_path):
     assert (peak["fp32"], peak["bf16"]) == (pytest.approx(4 * 3.0 * 2 * 8 * 2), peak["fp32"])
 
 
+@pytest.mark.slow  # full-size VGG16
 def test_forward_flops_of_deeplab_largefov_at_321():
     """2 x multiply-adds, worked out from the layer table of docs/network.md."""
     maps = {1: 321, 2: 161, 3: 81, 4: 41, 5: 41}  # conv5 after the stride-1 pool4
@@ -50,7 +51,8 @@ def test_forward_flops_of_deeplab_largefov_at_321():
     assert 101e9 < 2 * macs < 103e9
 
 
-@pytest.mark.parametrize("width,size", [(1.0, 33), (0.125, 40)])
+@pytest.mark.parametrize("width,size", [pytest.param(1.0, 33, marks=pytest.mark.slow),
+                                        (0.125, 40)])
 def test_torch_reference_is_kseg_network(width, size):
     """Same parameters, output shape and FLOP count as kseg's network."""
     torch = pytest.importorskip("torch")

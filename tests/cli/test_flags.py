@@ -182,3 +182,17 @@ def test_every_flagfile_is_parsed_by_a_test():
     assert not uncovered, f"flagfiles no test parses: {uncovered}"
     for path in METHOD_FLAGFILES:
         assert "--flagfile=flags/embedded_base.cfg" in open(path).read().split(), path
+
+
+def test_inference_flags_default_to_the_run_and_take_the_model_choices():
+    """evaluate/export/predict: --precision defaults to None (the run's own, from its
+    config.json), with ModelConfig.precision's choices; --jit_compile to off."""
+    values = flags.FlagValues()
+    cli_flags.define_inference_flags(values)
+    values(["prog"])
+    assert values["precision"].value is None and values["jit_compile"].value is False
+    assert values["precision"].parser.enum_values == list(constants.PRECISIONS)
+    values(["prog", "--precision=mixed_bfloat16", "--jit_compile"])
+    assert values["precision"].value == "mixed_bfloat16" and values["jit_compile"].value
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["prog", "--precision=float64"])
