@@ -265,7 +265,7 @@ class KsegRunner:
         return out
 
 
-def _serve(framework: str, threads: int, inter_op: int) -> None:
+def _worker_loop(framework: str, threads: int, inter_op: int) -> None:
     """A worker's loop: one JSON request per stdin line, one '@@'-prefixed JSON
     reply per request on stdout (other output, e.g. TensorFlow's, is ignored)."""
     if framework == "torch":
@@ -302,7 +302,7 @@ def _serve(framework: str, threads: int, inter_op: int) -> None:
 
 
 class _Worker:
-    """A worker process (`_serve`) and its request/reply pipe."""
+    """A worker process (`_worker_loop`) and its request/reply pipe."""
 
     def __init__(self, framework: str, threads: int, inter_op: int):
         self.framework = framework
@@ -456,21 +456,21 @@ def checks(result: dict) -> list[str]:
 def format_result(result: dict) -> list[str]:
     """Lines for BENCHMARKS.md."""
     rows = result["rows"]
-    first = rows[0] if rows else None
     peak, gemm = result["peak"], result.get("gemm", {})
-    lines = [f"DeepLab-VGG16 (LargeFOV, {result['rows'][0]['row']['num_classes'] if rows else 21} "
-             f"labels): width 1 at 321x321 unless 'embedded' (width 0.125, 129x129); "
+    main = [out for out in rows if "embedded" not in out["name"]]
+    width, size = ((main[0]["row"]["width"], main[0]["row"]["size"]) if main else (1.0, 321))
+    lines = [f"DeepLab-VGG16 (LargeFOV, {rows[0]['row']['num_classes'] if rows else 21} "
+             f"labels): width {width:g} at {size}x{size} unless 'embedded' (width "
+             f"{EMBEDDED['width']}, {EMBEDDED['size']}x{EMBEDDED['size']}); "
              f"{result['threads']} intra-op threads in each framework (TF inter-op "
              f"{result['inter_op'] or 'default'}), each in its own process; median of "
              f"{result['rounds']} "
              f"alternating rounds x {result['steps']} step(s) after warm-up; load average "
              f"{result['load_average_before']} before, {result['load_average_after']} after."]
-    if first is not None:
-        width1 = [out for out in rows if out["row"]["width"] == 1.0]
-        if width1:
-            lines.append(f"Forward: {width1[0]['flops'] / 1e9:.1f} GFLOP per 321x321 image, "
-                         f"{width1[0]['params'] / 1e6:.1f}M parameters; a training step "
-                         "counts 3 x forward.")
+    if main:
+        lines.append(f"Forward: {main[0]['flops'] / 1e9:.1f} GFLOP per {size}x{size} image, "
+                     f"{main[0]['params'] / 1e6:.1f}M parameters; a training step counts "
+                     "3 x forward.")
     lines.append(f"Peak: {peak['how']}. Measured {result['gemm_size']}^3 matmul in "
                  f"TensorFlow: {gemm.get('float32', 0):.0f} GFLOP/s fp32, "
                  f"{gemm.get('bfloat16', 0):.0f} bf16.")
@@ -504,7 +504,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.worker:
-        _serve(args.worker, args.threads or len(os.sched_getaffinity(0)), args.inter_op)
+        _worker_loop(args.worker, args.threads or len(os.sched_getaffinity(0)), args.inter_op)
         return
     result = benchmark_network([Row.parse(r) for r in args.rows.split(",")], args.threads,
                                args.rounds, inter_op=args.inter_op,
