@@ -82,6 +82,18 @@ def test_run_differences_name_network_and_data_settings_only():
         "class_names: ['a', 'b'] there, ['a', 'c'] here"]
 
 
+def test_a_run_from_before_multiscale_is_a_single_scale_run():
+    """config.json written before --multiscale existed has no such key: the run was
+    single-scale, so retraining it with --multiscale is refused, without it resumes."""
+    old = {"model": {"num_classes": 21, "fov": "large", "width": 1.0, "dropout": 0.5}}
+    new = json.loads(json.dumps(old))
+    new["model"]["multiscale"] = True
+    assert checkpoints.run_differences(old, new) == ["multiscale: False there, True here"]
+    new["model"]["multiscale"] = False
+    assert checkpoints.run_differences(old, new) == []
+    assert checkpoints.run_differences(new, old) == []
+
+
 def test_warmups_that_outlast_the_run_are_warned_about(tmp_path):
     exp = _tiny(None, str(tmp_path), num_steps=100, supervision="bbox_em_fixed")
     assert experiment.setting_warnings(exp) == []
