@@ -12,8 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from kseg import model as model_lib
-from kseg.config import InputConfig, ModelConfig, OptimConfig
+from kseg.config import EStepConfig, InputConfig, ModelConfig, OptimConfig
+from kseg.crf import tf_dense
+from kseg.crf.dense import REFERENCE_IMAGE_SIZE
 from kseg.data import pipeline
+from kseg.em import crf as estep_crf
 from kseg.em import targets
 from kseg.training.trainer import Trainer, make_optimizer
 
@@ -49,9 +52,11 @@ def jpeg_decode_seconds(encoded: list[bytes], rounds: int = 9) -> dict:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def make_trainer(model_config: ModelConfig, optim: OptimConfig | None = None):
+def make_trainer(model_config: ModelConfig, optim: OptimConfig | None = None,
+                 estep: EStepConfig | None = None):
     net = model_lib.build_deeplab(model_config)
-    trainer = Trainer(net, optim_config=optim or OptimConfig())
+    trainer = Trainer(net, estep_config=estep or EStepConfig(),
+                      optim_config=optim or OptimConfig())
     trainer.compile(optimizer=make_optimizer(trainer.optim_config))
     return trainer
 
@@ -61,17 +66,62 @@ def train_step_seconds(trainer, batches: dict, rounds: int = 5, warmup: int = 2)
 
     `batches` maps a name to a batch dict; the names are measured in turn,
     round after round, so load changes hit them alike."""
-    step = tf.function(trainer.train_step)
-    for batch in batches.values():
+    return steps_seconds({name: (trainer, batch) for name, batch in batches.items()},
+                         rounds, warmup)
+
+
+def steps_seconds(runs: dict, rounds: int = 5, warmup: int = 2) -> dict:
+    """Median seconds of one training step for each named (trainer, batch).
+
+    The names are measured in turn, round after round, so load changes hit
+    them alike; each trainer's step is traced once."""
+    steps = {}
+    for trainer, _ in runs.values():
+        if id(trainer) not in steps:
+            steps[id(trainer)] = tf.function(trainer.train_step)
+    for trainer, batch in runs.values():
         for _ in range(warmup):
-            step(batch)["loss"].numpy()
-    times = {name: [] for name in batches}
+            steps[id(trainer)](batch)["loss"].numpy()
+    times = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, batch in batches.items():
+        for name, (trainer, batch) in runs.items():
             start = time.perf_counter()
-            step(batch)["loss"].numpy()
+            steps[id(trainer)](batch)["loss"].numpy()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 10) -> dict:
+    """Median seconds of the E-step's dense CRF on a whole batch, traced, by resolution.
+
+    'score_map': `kseg.em.crf.refine_scores` as `--estep_crf` runs it, on the
+    (B, h, w) score map. 'input': the same CRF on the (B, S, S) crops with the
+    scores upsampled to them (what an input-resolution E-step CRF would cost
+    before downsampling its result again; not an option of kseg).
+    """
+    images = batch["image"]  # (B, S, S, 3) preprocessed crops
+    size = batch["label"].shape[1]
+    scores = tf.random.normal([images.shape[0], size, size, num_classes])
+    crop = images.shape[1]
+
+    def input_resolution(s, im):
+        big = tf.compat.v1.image.resize_bilinear(s, [crop, crop], align_corners=True)
+        unary = -tf.nn.log_softmax(big, axis=-1)  # (B, S, S, C)
+        return tf_dense.mean_field(model_lib.deprocess(im), unary, estep_crf.ESTEP_CRF_PARAMS,
+                                   reference_size=REFERENCE_IMAGE_SIZE)
+
+    runs = {"score_map": tf.function(estep_crf.refine_scores),
+            "input": tf.function(input_resolution)}
+    times = {}
+    for name, run in runs.items():
+        run(scores, images).numpy()
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            run(scores, images).numpy()
+            samples.append(time.perf_counter() - start)
+        times[name] = float(np.median(samples))
+    return times
 
 
 def with_kind(batch: dict, kind: str) -> dict:
