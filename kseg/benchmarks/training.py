@@ -61,34 +61,69 @@ def make_trainer(model_config: ModelConfig, optim: OptimConfig | None = None,
     return trainer
 
 
+def alternating_seconds(calls: dict, rounds: int = 5, warmup: int = 2) -> dict:
+    """Median seconds of each named call (a function of no arguments that
+    returns when its work is done), measured in turn, round after round, so
+    load changes hit them alike; each is first called `warmup` times (tracing)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def train_step_seconds(trainer, batches: dict, rounds: int = 5, warmup: int = 2) -> dict:
     """Median seconds of one training step for each named batch.
 
     `batches` maps a name to a batch dict; the names are measured in turn,
     round after round, so load changes hit them alike."""
-    return steps_seconds({name: (trainer, batch) for name, batch in batches.items()},
-                         rounds, warmup)
+    step = tf.function(trainer.train_step)
+    return alternating_seconds({name: lambda b=batch: step(b)["loss"].numpy()
+                                for name, batch in batches.items()}, rounds, warmup)
+
+
+def multiscale_seconds(width: float = 1.0, crop_size: int = 321, batch_size: int = 1,
+                       num_classes: int = 21, fov: str = "large", rounds: int = 5,
+                       warmup: int = 2) -> dict:
+    """The cost of DeepLab-MSc's branches (`ModelConfig.multiscale`): median
+    seconds of a training step (strong targets, SGD, the paper's settings) and
+    of inference (`kseg.inference.segment.segment` on uint8 images, the path of
+    evaluation, export and prediction), single-scale and multi-scale networks
+    alternating round after round in this process.
+
+    Returns {"train": {"single", "msc"}, "inference": {"single", "msc"},
+    "params": {"single", "msc"}} (seconds; parameter counts)."""
+    from kseg.inference.segment import segment
+    batch = synthetic_batch(batch_size, crop_size, num_classes)
+    images = tf.constant(np.random.default_rng(1).integers(
+        0, 256, (batch_size, crop_size, crop_size, 3), np.uint8))
+    train, infer, params = {}, {}, {}
+    for name, multiscale in (("single", False), ("msc", True)):
+        trainer = make_trainer(ModelConfig(num_classes, fov=fov, width=width,
+                                           multiscale=multiscale))
+        step = tf.function(trainer.train_step)
+        train[name] = lambda s=step: s(batch)["loss"].numpy()
+        run = tf.function(lambda x, n=trainer.network: segment(n, x))
+        infer[name] = lambda r=run: r(images).numpy()
+        params[name] = trainer.network.count_params()
+    return {"train": alternating_seconds(train, rounds, warmup),
+            "inference": alternating_seconds(infer, rounds, warmup), "params": params}
 
 
 def steps_seconds(runs: dict, rounds: int = 5, warmup: int = 2) -> dict:
-    """Median seconds of one training step for each named (trainer, batch).
-
-    The names are measured in turn, round after round, so load changes hit
-    them alike; each trainer's step is traced once."""
+    """Median seconds of one training step for each named (trainer, batch),
+    alternating (:func:`alternating_seconds`); each trainer's step is traced once."""
     steps = {}
     for trainer, _ in runs.values():
-        if id(trainer) not in steps:
-            steps[id(trainer)] = tf.function(trainer.train_step)
-    for trainer, batch in runs.values():
-        for _ in range(warmup):
-            steps[id(trainer)](batch)["loss"].numpy()
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, (trainer, batch) in runs.items():
-            start = time.perf_counter()
-            steps[id(trainer)](batch)["loss"].numpy()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+        steps.setdefault(id(trainer), tf.function(trainer.train_step))
+    return alternating_seconds(
+        {name: lambda t=trainer, b=batch: steps[id(t)](b)["loss"].numpy()
+         for name, (trainer, batch) in runs.items()}, rounds, warmup)
 
 
 def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 10) -> dict:

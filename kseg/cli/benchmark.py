@@ -17,6 +17,8 @@ crf_tf: seconds per image of the TensorFlow dense CRF (kseg.crf.tf_dense)
   against pydensecrf at 500x375, 21 labels, 10 iterations, on 1 and 2 cores,
   alternating round by round in one run (kseg.benchmarks.crf_tf).
 serving: SavedModel inference images/s against the Keras model's, 500x375.
+msc: training-step and inference time of DeepLab-MSc (--multiscale) against
+  LargeFOV at 321x321, width 1, batch 1, alternating round by round.
 """
 
 import contextlib
@@ -39,7 +41,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
     flags.DEFINE_list("what", ["pipeline", "decode", "estep", "estep_crf", "crf", "crf_tf",
-                               "serving"],
+                               "serving", "msc"],
                       "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
@@ -63,6 +65,12 @@ def define_flags():
     flags.DEFINE_integer("crf_tf_height", 375, "Image height of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("crf_tf_width", 500, "Image width of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
+    flags.DEFINE_float("msc_width", 1.0, "Model width of the MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_crop_size", 321, "Crop (and inference image) side of the "
+                         "MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_batch", 1, "Batch of the MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_rounds", 9, "Alternating rounds of the MSc-vs-LargeFOV "
+                         "comparison (median).")
     flags.DEFINE_string("out", None, "If set, write each measurement's lines into this markdown "
                         "file (e.g. BENCHMARKS.md), replacing that measurement's section.")
 
@@ -166,6 +174,21 @@ def bench_serving():
               f"{r['saved_model_over_keras']:.2f}")
 
 
+def bench_msc():
+    r = benchmark.multiscale_seconds(width=FLAGS.msc_width, crop_size=FLAGS.msc_crop_size,
+                                     batch_size=FLAGS.msc_batch, rounds=FLAGS.msc_rounds)
+    size = FLAGS.msc_crop_size
+    print(f"DeepLab-MSc against LargeFOV at {size}x{size}, batch {FLAGS.msc_batch}, width "
+          f"{FLAGS.msc_width}, 21 labels (median of {FLAGS.msc_rounds} alternating rounds):")
+    for what, label in (("train", "training step"), ("inference", "inference")):
+        single, msc = r[what]["single"], r[what]["msc"]
+        print(f"  {label:<14} LargeFOV {single:.3f} s  LargeFOV-MSc {msc:.3f} s  "
+              f"ratio MSc/LargeFOV {msc / single:.3f}")
+    single, msc = r["params"]["single"], r["params"]["msc"]
+    print(f"  {'parameters':<14} LargeFOV {single:,}  LargeFOV-MSc {msc:,}  "
+          f"ratio {msc / single:.3f}")
+
+
 def write_section(path, what, text):
     """Replaces the `what` section of a markdown file (kept between markers)."""
     begin, end = f"<!-- {what}:begin -->", f"<!-- {what}:end -->"
@@ -185,7 +208,7 @@ def main(argv):
         with contextlib.redirect_stdout(buffer):
             {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
              "estep_crf": bench_estep_crf, "crf": bench_crf, "crf_tf": bench_crf_tf,
-             "serving": bench_serving}[what]()
+             "serving": bench_serving, "msc": bench_msc}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())

@@ -77,3 +77,16 @@ def test_training_benchmarks_tiny(tiny_records):
     Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "JPEG")
     decoded = training_bench.jpeg_decode_seconds([buffer.getvalue()] * 2, rounds=1)
     assert set(decoded) == {"default", "accurate"}
+
+
+@pytest.mark.slow  # traces four functions: a training step and inference, with and without MSc
+def test_multiscale_benchmark_tiny():
+    r = training_bench.multiscale_seconds(width=0.0625, crop_size=17, rounds=1, warmup=1)
+    assert set(r) == {"train", "inference", "params"}
+    assert all(r[what][name] > 0 for what in ("train", "inference") for name in ("single", "msc"))
+    # The branches add 5 x 8 channels before fc8 and their own weights.
+    assert r["params"]["msc"] > r["params"]["single"] + 5 * 8 * 21
+    calls = []
+    times = training_bench.alternating_seconds({"a": lambda: calls.append("a"),
+                                                "b": lambda: calls.append("b")}, 2, 1)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and set(times) == {"a", "b"}

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kseg.config import OptimConfig
@@ -81,3 +82,33 @@ def test_lr_multiplier_by_path():
     assert [trainer_lib.lr_multiplier(fake(p), config) for p in
             ("fc8/kernel", "fc8/bias", "conv5_1/bias", "conv5_1/kernel", "fc8b/kernel")] == \
         [10.0, 20.0, 2.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_frozen_backbone_stays_as_loaded_while_branches_and_fc8_train(optimizer):
+    """--freeze_backbone_steps >= --num_steps on a DeepLab-MSc network: the way
+    Chen et al. trained the multi-scale branches on a trained single-scale network."""
+    from kseg import model
+    from kseg.benchmarks.training import synthetic_batch
+    from kseg.config import ModelConfig
+
+    def step(freeze):
+        keras.utils.set_random_seed(0)
+        network = model.build_deeplab(ModelConfig(num_classes=C, width=0.0625, multiscale=True))
+        before = {v.path: v.numpy().copy() for v in network.trainable_variables}
+        optim = OptimConfig(optimizer=optimizer, learning_rate=1e-2, freeze_backbone_steps=freeze)
+        trainer = trainer_lib.Trainer(network, optim_config=optim)
+        trainer.compile(optimizer=trainer_lib.make_optimizer(optim))
+        trainer.train_step(synthetic_batch(2, 33, C))
+        return {v.path: not np.array_equal(v.numpy(), before[v.path])
+                for v in network.trainable_variables}
+
+    moved = step(freeze=10)
+    backbone = {p for p in moved if p.split("/")[0] in model.BACKBONE_LAYERS}
+    assert len(backbone) == 2 * len(model.BACKBONE_LAYERS)
+    assert not any(moved[p] for p in backbone)
+    trained = set(moved) - backbone  # the branches and fc8, kernels and biases
+    assert {p.split("/")[0] for p in trained} == set(model.MULTISCALE_LAYERS) | {"fc8"}
+    assert all(moved[p] for p in trained), sorted(p for p in trained if not moved[p])
+    # Without the freeze the same step moves conv1-fc7 too.
+    assert all(step(freeze=0).values())
