@@ -131,6 +131,11 @@ def benchmark_crf_tf(height=375, width=500, num_labels=21, rounds=5, cores=(1, 2
             "load_average_before": round(load, 2), "runs": runs}
 
 
+def _ratio(a, b):
+    """a / b to 2 decimals; 'n/a' when b rounded to 0 (tiny test images)."""
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
 def format_result(result):
     """Lines for BENCHMARKS.md."""
     lines = [f"dense CRF at {result['width']}x{result['height']}, {result['num_labels']} labels, "
@@ -143,9 +148,9 @@ def format_result(result):
             tf_part += f", {run['cores']} in flight {run['tf_in_flight']:.2f} s/image"
         lines.append(
             f"  {run['cores']} core(s): {tf_part}; pydensecrf {run['pydensecrf']:.2f} s/image; "
-            f"TF/pydensecrf {run[tf_name] / run['pydensecrf']:.2f} (CPU seconds per image "
+            f"TF/pydensecrf {_ratio(run[tf_name], run['pydensecrf'])} (CPU seconds per image "
             f"{run[tf_name + '_cpu']:.2f} / {run['pydensecrf_cpu']:.2f} = "
-            f"{run[tf_name + '_cpu'] / run['pydensecrf_cpu']:.2f}); labels agree on "
+            f"{_ratio(run[tf_name + '_cpu'], run['pydensecrf_cpu'])}); labels agree on "
             f"{100 * run['label_agreement']:.2f}% of pixels")
     return lines
 
