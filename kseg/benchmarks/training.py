@@ -18,6 +18,7 @@ from kseg.crf.dense import REFERENCE_IMAGE_SIZE
 from kseg.data import pipeline
 from kseg.em import crf as estep_crf
 from kseg.em import targets
+from kseg.inference.segment import resize_aligned
 from kseg.training.trainer import Trainer, make_optimizer
 
 
@@ -140,7 +141,7 @@ def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 10) -> 
     crop = images.shape[1]
 
     def input_resolution(s, im):
-        big = tf.compat.v1.image.resize_bilinear(s, [crop, crop], align_corners=True)
+        big = resize_aligned(s, tf.constant([crop, crop]))  # (B, S, S, C)
         unary = -tf.nn.log_softmax(big, axis=-1)  # (B, S, S, C)
         return tf_dense.mean_field(model_lib.deprocess(im), unary, estep_crf.ESTEP_CRF_PARAMS,
                                    reference_size=REFERENCE_IMAGE_SIZE)
