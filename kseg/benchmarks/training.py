@@ -127,8 +127,9 @@ def steps_seconds(runs: dict, rounds: int = 5, warmup: int = 2) -> dict:
          for name, (trainer, batch) in runs.items()}, rounds, warmup)
 
 
-def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 10) -> dict:
-    """Median seconds of the E-step's dense CRF on a whole batch, traced, by resolution.
+def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 5) -> dict:
+    """Median seconds of the E-step's dense CRF on a whole batch, traced, by resolution
+    (alternating, :func:`alternating_seconds`).
 
     'score_map': `kseg.em.crf.refine_scores` as `--estep_crf` runs it, on the
     (B, h, w) score map. 'input': the same CRF on the (B, S, S) crops with the
@@ -148,16 +149,8 @@ def estep_crf_alone_seconds(batch: dict, num_classes: int, rounds: int = 10) -> 
 
     runs = {"score_map": tf.function(estep_crf.refine_scores),
             "input": tf.function(input_resolution)}
-    times = {}
-    for name, run in runs.items():
-        run(scores, images).numpy()
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            run(scores, images).numpy()
-            samples.append(time.perf_counter() - start)
-        times[name] = float(np.median(samples))
-    return times
+    return alternating_seconds({name: lambda r=run: r(scores, images).numpy()
+                                for name, run in runs.items()}, rounds, warmup=1)
 
 
 def with_kind(batch: dict, kind: str) -> dict:
