@@ -58,7 +58,7 @@ def define_flags():
     flags.DEFINE_integer("estep_crf_rounds", 30, "Measured steps per row of the --estep_crf "
                          "comparison (median).")
     flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
-    flags.DEFINE_integer("crf_tf_rounds", 3, "Alternating rounds of the TF-vs-pydensecrf "
+    flags.DEFINE_integer("crf_tf_rounds", 5, "Alternating rounds of the TF-vs-pydensecrf "
                          "comparison (median).")
     flags.DEFINE_list("crf_tf_cores", ["1", "2"], "Core counts of the TF-vs-pydensecrf "
                       "comparison (each in a fresh process).")
