@@ -8,6 +8,10 @@ decode: JPEG decoding images/s with the accurate DCT the pipeline uses against
   TensorFlow's default.
 estep: training-step time of each E-step kind relative to a strong step on
   the same batch, at 321x321 crops.
+estep_crf: training-step time with --estep_crf against the same step without
+  it (EM-Adapt, Bbox-EM-Fixed), at the embedded flagfiles' setting (width
+  0.125, batch 10, 129x129 crops), and the E-step CRF alone at score-map and
+  at input resolution.
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
 crf_tf: seconds per image of the TensorFlow dense CRF (kseg.crf.tf_dense)
   against pydensecrf at 500x375, 21 labels, 10 iterations, on 1 and 2 cores,
@@ -24,9 +28,10 @@ import sys
 
 from absl import flags
 
+from kseg import model as model_lib
 from kseg.benchmarks import training as benchmark
 from kseg.cli import app as cli_app
-from kseg.config import InputConfig, ModelConfig
+from kseg.config import EStepConfig, InputConfig, ModelConfig
 from kseg.data import pipeline, prepare, records
 from kseg.utils import files
 
@@ -35,7 +40,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
-    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "crf_tf", "serving", "msc"],
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "estep_crf", "crf", "crf_tf",
+                               "serving", "msc"],
                       "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
@@ -46,8 +52,13 @@ def define_flags():
     flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
     flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
     flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
+    flags.DEFINE_integer("estep_crf_batch", 10, "Batch of the --estep_crf comparison.")
+    flags.DEFINE_integer("estep_crf_crop", 129, "Crop of the --estep_crf comparison.")
+    flags.DEFINE_float("estep_crf_width", 0.125, "Model width of the --estep_crf comparison.")
+    flags.DEFINE_integer("estep_crf_rounds", 30, "Measured steps per row of the --estep_crf "
+                         "comparison (median).")
     flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
-    flags.DEFINE_integer("crf_tf_rounds", 3, "Alternating rounds of the TF-vs-pydensecrf "
+    flags.DEFINE_integer("crf_tf_rounds", 5, "Alternating rounds of the TF-vs-pydensecrf "
                          "comparison (median).")
     flags.DEFINE_list("crf_tf_cores", ["1", "2"], "Core counts of the TF-vs-pydensecrf "
                       "comparison (each in a fresh process).")
@@ -106,6 +117,39 @@ def bench_estep():
         print(f"  {kind:<14} {times[kind]:.3f} s/step  ratio to strong "
               f"{times[kind] / times['strong']:.3f}   E-step alone {1000 * alone[kind]:.1f} ms "
               f"= {100 * alone[kind] / times['strong']:.2f}% of a strong step")
+
+
+def bench_estep_crf():
+    # A batch of embedded training crops with their boxes and image labels: the
+    # lattice's cost depends on the colours (random pixels are its worst case).
+    data_dir = prepare.ensure_embedded_records()
+    num_classes = records.read_split_info(data_dir, "train")["num_classes"]
+    config = InputConfig(num_classes=num_classes, crop_size=FLAGS.estep_crf_crop)
+    streams = [pipeline.Stream(records.split_pattern(data_dir, "train"), "bbox_em_fixed",
+                               FLAGS.estep_crf_batch)]
+    batch = next(iter(pipeline.train_dataset(streams, config)))
+    model = ModelConfig(num_classes, width=FLAGS.estep_crf_width)
+    plain = benchmark.make_trainer(model)
+    refined = benchmark.make_trainer(model, estep=EStepConfig(estep_crf=True))
+    kinds = ("em_adapt", "bbox_em_fixed")
+    runs = {}
+    for kind in kinds:
+        runs[kind] = (plain, benchmark.with_kind(batch, kind))
+        runs[kind + "+crf"] = (refined, benchmark.with_kind(batch, kind))
+    times = benchmark.steps_seconds(runs, rounds=FLAGS.estep_crf_rounds)
+    alone = benchmark.estep_crf_alone_seconds(batch, num_classes)
+    size = FLAGS.estep_crf_crop
+    print(f"--estep_crf at {size}x{size} embedded crops, batch {FLAGS.estep_crf_batch} (all "
+          f"weak), width {FLAGS.estep_crf_width}, {num_classes} labels (training steps: median "
+          f"of {FLAGS.estep_crf_rounds} alternating):")
+    for kind in kinds:
+        print(f"  {kind:<14} {times[kind]:.3f} s/step; with --estep_crf "
+              f"{times[kind + '+crf']:.3f} s/step; ratio {times[kind + '+crf'] / times[kind]:.3f}")
+    side = model_lib.score_map_size(size)
+    print(f"  the E-step CRF alone per batch: at score-map resolution ({side}x{side}, what "
+          f"--estep_crf runs) {1000 * alone['score_map']:.1f} ms; at input resolution "
+          f"({size}x{size}, not an option) {1000 * alone['input']:.0f} ms = "
+          f"{alone['input'] / times['em_adapt']:.1f} plain EM-Adapt steps")
 
 
 def bench_crf():
@@ -169,8 +213,8 @@ def main(argv):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
-             "crf": bench_crf, "crf_tf": bench_crf_tf, "serving": bench_serving,
-             "msc": bench_msc}[what]()
+             "estep_crf": bench_estep_crf, "crf": bench_crf, "crf_tf": bench_crf_tf,
+             "serving": bench_serving, "msc": bench_msc}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())
