@@ -109,7 +109,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """What defines the network. `width` scales every channel count.
+    """What defines the network. `width` scales every channel count;
+    `multiscale` adds DeepLab-MSc's branches (kseg.model.build_deeplab).
 
     `precision` is the Keras dtype policy the network is built with: the
     weights are float32 in every policy, the mixed ones compute conv1-fc7 in
@@ -129,7 +130,15 @@ class ModelConfig:
     num_classes: int = setting(21, "Labels including background.")
     fov: str = setting("large", "fc6 field of view.", tuple(FOVS))
     width: float = setting(1.0, "Channel width multiplier (1 = VGG-16).")
-    dropout: float = setting(0.5, "Dropout rate after fc6 and fc7.")
+    dropout: float = setting(0.5, "Dropout rate after fc6 and fc7 (and after each layer of "
+                                  "the --multiscale branches).")
+    # DeepLab-MSc (Chen et al., ICLR 2015, the "multi-scale network" of the paper's
+    # best rows): a two-layer MLP on the image and on pool1-pool4, concatenated with
+    # fc7 before fc8 (docs/network.md).
+    multiscale: bool = setting(
+        False, "DeepLab-MSc: 128-channel two-layer branches on the input image and on "
+        "pool1-pool4, concatenated with fc7's output before fc8 (fc8 reads 640 more "
+        "channels, times --width).")
     precision: str = setting(
         "float32", "Arithmetic of the network (a Keras mixed-precision policy; weights stay "
         "float32, fc8's scores, the loss and the E-steps float32): mixed_bfloat16 on CPUs "

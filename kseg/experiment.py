@@ -204,17 +204,30 @@ def resolve_init(init: str, model: ModelConfig) -> str:
 def init_from_run(network, run_dir: str, reset_classifier: bool) -> None:
     """Copies the weights of another run's newest checkpoint into `network`,
     all but the classifier with `reset_classifier` (Cross-Pretrain: COCO
-    weights, then a fresh fc8 for VOC)."""
+    weights, then a fresh fc8 for VOC).
+
+    Into a multi-scale network (`--multiscale`) from a single-scale run, the
+    way DeepLab-MSc is trained (docs/network.md): conv1-fc7 are copied, the
+    branches stay as built, and fc8 keeps the run's weights on fc7's channels
+    and zeros on the branches' (`model.widen_classifier`), so the network
+    starts with exactly the run's scores."""
     source, _ = load_network(run_dir)
+    source_layers = {layer.name for layer in source.layers}
+    widen = model_lib.is_multiscale(network) and not model_lib.is_multiscale(source)
     for layer in network.layers:
         if not layer.weights or (reset_classifier and layer.name == CLASSIFIER):
             continue
+        if layer.name not in source_layers and layer.name in model_lib.MULTISCALE_LAYERS:
+            continue  # a single-scale run has no branches: they start as built
         weights = source.get_layer(layer.name).get_weights()
+        if widen and layer.name == CLASSIFIER and weights[0].shape[-1] == layer.kernel.shape[-1]:
+            weights = model_lib.widen_classifier(weights, network)
         if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
             raise ValueError(
                 f"--init_from={run_dir}: layer {layer.name} has shapes "
                 f"{[w.shape for w in weights]} there but {[tuple(w.shape) for w in layer.weights]}"
-                " here (other classes? add --reset_classifier)")
+                " here (other classes, or a --multiscale run into a single-scale network? "
+                "add --reset_classifier)")
         layer.set_weights(weights)
 
 

@@ -4,7 +4,9 @@ The network maps an image batch (B, H, W, 3), BGR minus the ImageNet mean
 (`preprocess`), to class scores (B, ceil(H/8), ceil(W/8), C) at output
 stride 8: a 321x321 crop gives a 41x41 score map. Layer names follow
 `keras.applications.VGG16` (`block1_conv1` ... `block5_conv3`) so ImageNet
-weights map one to one.
+weights map one to one. `ModelConfig(multiscale=True)` builds DeepLab-MSc:
+the same network with a two-layer branch on the image and on each of
+pool1-pool4 whose outputs fc8 reads next to fc7's (`MULTISCALE_LAYERS`).
 
 Example (a 1/16-width network, quick to build):
     >>> from kseg.config import ModelConfig
@@ -12,6 +14,9 @@ Example (a 1/16-width network, quick to build):
     >>> images = np.zeros((1, 321, 321, 3), np.uint8)  # RGB
     >>> tuple(net(preprocess(images)).shape)
     (1, 41, 41, 21)
+    >>> msc = build_deeplab(ModelConfig(num_classes=21, width=0.0625, multiscale=True))
+    >>> tuple(msc(preprocess(images)).shape), msc.get_layer("fc8").kernel.shape[2]  # 64 + 5 x 8
+    ((1, 41, 41, 21), 104)
 """
 
 from __future__ import annotations
@@ -25,6 +30,18 @@ import tensorflow as tf
 
 from kseg.config import ModelConfig
 from kseg.constants import CLASSIFIER, FOVS, STRIDE, VGG_BLOCKS
+
+# DeepLab-MSc (Chen et al., ICLR 2015, section 4.3; docs/network.md): a two-layer
+# MLP on each of these feature maps, (source, stride of the branch's first layer).
+# The stride brings the source to the score map's stride 8: the image is at
+# stride 1, pool1 at 2, pool2 at 4, pool3 and pool4 at 8 (pool4 keeps it).
+MULTISCALE_SOURCES = (("image", 8), ("pool1", 4), ("pool2", 2), ("pool3", 1), ("pool4", 1))
+MULTISCALE_CHANNELS = 128  # of each branch layer, at width 1
+# The branches' layers with weights: msc_<source>_conv1 (3x3, with the stride
+# above) and msc_<source>_conv2 (1x1). Neither in BACKBONE_LAYERS: no pretrained
+# backbone has them, so they start as built and train under --freeze_backbone_steps.
+MULTISCALE_LAYERS = tuple(f"msc_{source}_conv{i}" for source, _ in MULTISCALE_SOURCES
+                          for i in (1, 2))
 
 
 # DeepLab / Caffe VGG-16 input convention: BGR channel order minus the
@@ -153,13 +170,24 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     h = ceil(H / 8), w = ceil(W / 8) (`score_map_size`).
 
     `config.precision` is the Keras dtype policy of every layer but fc8:
-    under "mixed_bfloat16" / "mixed_float16" conv1-fc7, the pools and the
-    dropouts compute in that type (the first convolution casts the float32
-    input) while the weights stay float32; fc8 always computes in float32
-    (its input is cast up), so the scores, and the loss, E-steps and CRF
-    that read them, are float32 whatever the policy. The policy is passed
-    to each layer, not set globally, so networks of several precisions can
-    live in one process.
+    under "mixed_bfloat16" / "mixed_float16" conv1-fc7 (and the --multiscale
+    branches), the pools and the dropouts compute in that type (the first
+    convolutions cast the float32 input) while the weights stay float32; fc8
+    always computes in float32 (its input is cast up), so the scores, and the
+    loss, E-steps and CRF that read them, are float32 whatever the policy. The
+    policy is passed to each layer, not set globally, so networks of several
+    precisions can live in one process.
+
+    With `config.multiscale` (DeepLab-MSc), each of the image and pool1-pool4
+    feeds a branch: a 3x3 convolution of 128 x width channels whose stride
+    (8, 4, 2, 1, 1) brings it to the score map's stride, then a 1x1 one of as
+    many channels, each followed by ReLU and dropout as fc6 and fc7 are. The
+    five (B, h, w, 128 x width) maps are concatenated after fc7's
+    (B, h, w, F) ("msc_concat", fc7's channels first), so fc8 reads
+    F + 5 x 128 x width channels. 'same' padding gives every branch
+    ceil(H / 8) rows like fc7; for H = 8k+1 (training crops, and every image
+    at inference, `kseg.inference.segment`) score pixel i of each branch is
+    centred on input pixel 8i, as fc7's is.
 
     `batch_norm` puts a BatchNormalization (named `<conv>_bn`) between each of
     conv1-fc7 and its ReLU. DeepLab has none; only the stand-in pretraining
@@ -169,12 +197,11 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     """
     policy = config.precision
 
-    def conv(x, filters, kernel, name, dilation=1, init=None):
+    def conv(x, filters, kernel, name, dilation=1, init=None, strides=1):
         layer = AtrousConv2D if dilation > 1 else keras.layers.Conv2D
-        x = layer(filters, kernel, padding="same", dilation_rate=dilation,
-                                activation=None if batch_norm else "relu",
-                                kernel_initializer=init or conv_init, name=name,
-                                dtype=policy)(x)
+        x = layer(filters, kernel, strides=strides, padding="same", dilation_rate=dilation,
+                  activation=None if batch_norm else "relu",
+                  kernel_initializer=init or conv_init, name=name, dtype=policy)(x)
         if batch_norm:
             x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
             x = keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
@@ -186,6 +213,7 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
     # so that activations start at unit scale.
     first_init = keras.initializers.VarianceScaling(2.0 / INPUT_SCALE**2, "fan_in", "truncated_normal")
     x = inputs = keras.Input((None, None, 3), name="image")
+    sources = {"image": inputs}  # what the multi-scale branches read
     for block, num_convs, channels in VGG_BLOCKS:
         dilation = 2 if block == 5 else 1  # conv5: atrous, rate 2.
         for i in range(1, num_convs + 1):
@@ -194,12 +222,27 @@ def build_deeplab(config: ModelConfig = ModelConfig(), name: str = "deeplab",
         stride = 2 if block <= 3 else 1  # pool4 and pool5 keep the resolution.
         x = keras.layers.MaxPooling2D(3, strides=stride, padding="same", name=f"block{block}_pool",
                                       dtype=policy)(x)
+        sources[f"pool{block}"] = x
     kernel, dilation, fc_channels = FOVS[config.fov]
     fc_channels = _channels(fc_channels, config.width)
     x = conv(x, fc_channels, kernel, "fc6", dilation)
     x = keras.layers.Dropout(config.dropout, name="drop6", dtype=policy)(x)
     x = conv(x, fc_channels, 1, "fc7")
     x = keras.layers.Dropout(config.dropout, name="drop7", dtype=policy)(x)
+    if config.multiscale:
+        # Built after the main path, so that the layers they share draw the
+        # same random initial weights with and without the branches.
+        branches = []
+        for source, stride in MULTISCALE_SOURCES:
+            y = conv(sources[source], _channels(MULTISCALE_CHANNELS, config.width), 3,
+                     f"msc_{source}_conv1", init=first_init if source == "image" else conv_init,
+                     strides=stride)
+            y = keras.layers.Dropout(config.dropout, name=f"msc_{source}_drop1", dtype=policy)(y)
+            y = conv(y, _channels(MULTISCALE_CHANNELS, config.width), 1, f"msc_{source}_conv2")
+            branches.append(keras.layers.Dropout(config.dropout, name=f"msc_{source}_drop2",
+                                                 dtype=policy)(y))
+        x = keras.layers.Concatenate(name="msc_concat", dtype=policy)(
+            [x] + branches)  # (B, h, w, F + 5 x 128 x width)
     # float32 whatever the policy: softmax, loss and E-steps need its range.
     scores = keras.layers.Conv2D(
         config.num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -278,6 +321,34 @@ def load_backbone(net: keras.Model, weights: dict, source: str) -> None:
             raise ValueError(f"{source}: layer {name} has shapes {got} there but {expected} "
                              "in this network (another --width or --fov?)")
         layer.set_weights(weights[name])
+
+
+def is_multiscale(net: keras.Model) -> bool:
+    """Whether `net` has DeepLab-MSc's branches (built with `multiscale=True`)."""
+    return any(layer.name in MULTISCALE_LAYERS for layer in net.layers)
+
+
+def widen_classifier(weights: list, net: keras.Model) -> list:
+    """A single-scale network's fc8 as the fc8 of the multi-scale `net`.
+
+    `weights` = [kernel (1, 1, F, C), bias (C,)] of a single-scale network;
+    returns [kernel (1, 1, F + E, C), bias] for `net`'s fc8, which reads fc7's F
+    channels first and then the branches' E = 5 x 128 x width: the rows of
+    fc7's channels are `weights`' own, the rows of the branches' are zero. So
+    `net` starts with exactly the single-scale network's scores, whatever its
+    branches hold, and training grows the new rows from there (the start of
+    DeepLab-MSc from a trained single-scale run, `--init_from`).
+    """
+    kernel, bias = weights
+    wide = tuple(net.get_layer(CLASSIFIER).kernel.shape)
+    fc7 = net.get_layer("fc7").filters
+    if not is_multiscale(net) or tuple(kernel.shape) != (1, 1, fc7, wide[3]):
+        raise ValueError(f"an fc8 kernel of shape {tuple(kernel.shape)} does not widen into the "
+                         f"multi-scale fc8 of shape {wide}: it must read this network's {fc7} "
+                         f"fc7 channels into its {wide[3]} classes")
+    out = np.zeros(wide, kernel.dtype)
+    out[:, :, :kernel.shape[2]] = kernel
+    return [out, bias]
 
 
 def vgg16_backbone(fov: str, weights: str = "imagenet") -> dict:

@@ -4,9 +4,12 @@ import dataclasses
 import json
 import os
 
+import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
-from kseg import experiment
+from kseg import experiment, model
 from kseg.config import (DataConfig, EStepConfig, Experiment, InputConfig, LoopConfig,
                          ModelConfig, OptimConfig)
 from kseg.training import checkpoints
@@ -82,6 +85,18 @@ def test_run_differences_name_network_and_data_settings_only():
         "class_names: ['a', 'b'] there, ['a', 'c'] here"]
 
 
+def test_a_run_from_before_multiscale_is_a_single_scale_run():
+    """config.json written before --multiscale existed has no such key: the run was
+    single-scale, so retraining it with --multiscale is refused, without it resumes."""
+    old = {"model": {"num_classes": 21, "fov": "large", "width": 1.0, "dropout": 0.5}}
+    new = json.loads(json.dumps(old))
+    new["model"]["multiscale"] = True
+    assert checkpoints.run_differences(old, new) == ["multiscale: False there, True here"]
+    new["model"]["multiscale"] = False
+    assert checkpoints.run_differences(old, new) == []
+    assert checkpoints.run_differences(new, old) == []
+
+
 def test_warmups_that_outlast_the_run_are_warned_about(tmp_path):
     exp = _tiny(None, str(tmp_path), num_steps=100, supervision="bbox_em_fixed")
     assert experiment.setting_warnings(exp) == []
@@ -122,3 +137,50 @@ def test_evaluation_records_the_checkpoint_it_scored(tiny_records, tmp_path):
     saved = json.load(open(os.path.join(model_dir, "eval_val.json")))
     assert saved["checkpoint"] == {"path": os.path.join(model_dir, "checkpoints", "ckpt-2"),
                                    "step": 2}
+
+
+def _saved_run(model_dir, config):
+    """A run directory as training leaves it (config.json, a checkpoint), untrained but
+    for a random fc8 bias, so that copied classifier weights show in the scores."""
+    network = model.build_deeplab(config)
+    kernel, bias = network.get_layer("fc8").get_weights()
+    network.get_layer("fc8").set_weights([kernel, np.linspace(-1, 1, len(bias), dtype=np.float32)])
+    checkpoints.save_run_config(model_dir, {"model": dataclasses.asdict(config),
+                                            "class_names": [str(c) for c in range(6)],
+                                            "data_dir": None})
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                               os.path.join(model_dir, "checkpoints"), 1).save()
+    return network
+
+
+def test_init_from_a_single_scale_run_starts_multiscale_with_its_scores(tmp_path):
+    single_dir, msc_dir = str(tmp_path / "single"), str(tmp_path / "msc")
+    source = _saved_run(single_dir, ModelConfig(num_classes=6, width=0.0625))
+    keras.utils.set_random_seed(1)
+    fresh = model.build_deeplab(ModelConfig(num_classes=6, width=0.0625, multiscale=True))
+    keras.utils.set_random_seed(1)
+    net = model.build_deeplab(ModelConfig(num_classes=6, width=0.0625, multiscale=True))
+    experiment.init_from_run(net, single_dir, reset_classifier=False)
+    for name in model.BACKBONE_LAYERS:
+        np.testing.assert_array_equal(net.get_layer(name).kernel, source.get_layer(name).kernel)
+    for name in model.MULTISCALE_LAYERS:  # as built
+        np.testing.assert_array_equal(net.get_layer(name).kernel, fresh.get_layer(name).kernel)
+    fc8 = net.get_layer("fc8")
+    np.testing.assert_array_equal(fc8.kernel[:, :, :64], source.get_layer("fc8").kernel)
+    assert not np.any(fc8.kernel[:, :, 64:])
+    images = np.random.default_rng(0).normal(0, 60, (2, 33, 33, 3)).astype(np.float32)
+    np.testing.assert_allclose(net(images), source(images), rtol=1e-5, atol=1e-5)
+
+    # A multi-scale run into a single-scale network: fc8 does not fit.
+    _saved_run(msc_dir, ModelConfig(num_classes=6, width=0.0625, multiscale=True))
+    single = model.build_deeplab(ModelConfig(num_classes=6, width=0.0625))
+    with pytest.raises(ValueError, match="--multiscale run into a single-scale.*reset_classifier"):
+        experiment.init_from_run(single, msc_dir, reset_classifier=False)
+    experiment.init_from_run(single, msc_dir, reset_classifier=True)
+    # Multi-scale to multi-scale copies every layer, the branches too.
+    again = model.build_deeplab(ModelConfig(num_classes=6, width=0.0625, multiscale=True))
+    experiment.init_from_run(again, msc_dir, reset_classifier=False)
+    source_msc, _ = experiment.load_network(msc_dir)
+    for name in model.MULTISCALE_LAYERS + ("fc8",):
+        np.testing.assert_array_equal(again.get_layer(name).kernel,
+                                      source_msc.get_layer(name).kernel)

@@ -97,13 +97,17 @@ def test_surgery_needs_width_one_and_an_existing_file(tmp_path):
 
 @pytest.mark.parametrize("precision,half", [("mixed_bfloat16", "bfloat16"),
                                             ("mixed_float16", "float16")])
-def test_mixed_precision_computes_in_half_and_scores_in_float32(precision, half):
-    """conv1-fc7 and the pools compute in the half type on float32 weights; fc8 and so
-    the scores stay float32; float32 weights load unchanged and give nearly the same
-    scores."""
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_mixed_precision_computes_in_half_and_scores_in_float32(precision, half, multiscale):
+    """conv1-fc7, the pools (and the DeepLab-MSc branches) compute in the half type on
+    float32 weights; fc8 and so the scores stay float32; float32 weights load
+    unchanged and give nearly the same scores."""
     keras.utils.set_random_seed(0)
-    reference = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625))
-    net = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625, precision=precision))
+    reference = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625,
+                                                      multiscale=multiscale))
+    net = model.build_deeplab(model.ModelConfig(num_classes=3, width=0.0625, precision=precision,
+                                                multiscale=multiscale))
+    assert model.is_multiscale(net) == multiscale
     for layer in net.layers[1:]:
         expected = "float32" if layer.name == "fc8" else half
         assert layer.compute_dtype == expected, layer.name
@@ -152,3 +156,94 @@ def test_atrous_conv_equals_keras_conv_values_and_gradients(monkeypatch, direct)
                 loss, [x, *layer.weights])]))
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# --- DeepLab-MSc (--multiscale) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("fov", ["large", "small"])
+def test_multiscale_maps_321_to_41_and_129_to_17(fov):
+    net = model.build_deeplab(model.ModelConfig(num_classes=5, fov=fov, width=0.0625,
+                                                multiscale=True))
+    for size, expected in ((321, 41), (129, 17)):
+        assert net(np.zeros((1, size, size, 3), np.float32)).shape == (1, expected, expected, 5)
+    # fc8 reads fc7's channels and five 8-channel branches (128 x 0.0625).
+    fc7 = {"large": 64, "small": 256}[fov]
+    assert net.get_layer("fc8").kernel.shape == (1, 1, fc7 + 5 * 8, 5)
+    assert model.is_multiscale(net)
+    assert not model.is_multiscale(model.build_deeplab(model.ModelConfig(width=0.0625)))
+
+
+def test_multiscale_branches_as_in_deeplab_msc():
+    net = model.build_deeplab(model.ModelConfig(width=0.125, multiscale=True))
+    # Stride 8, 4, 2, 1, 1 brings the image and pool1-pool4 to the score map's stride.
+    strides = {"image": 8, "pool1": 4, "pool2": 2, "pool3": 1, "pool4": 1}
+    for source, stride in strides.items():
+        first, second = net.get_layer(f"msc_{source}_conv1"), net.get_layer(f"msc_{source}_conv2")
+        assert (first.kernel_size, first.strides, first.filters) == ((3, 3), (stride, stride), 16)
+        assert (second.kernel_size, second.strides, second.filters) == ((1, 1), (1, 1), 16)
+        assert first.activation is second.activation is keras.activations.relu
+    assert net.get_layer("msc_pool2_drop2").rate == net.get_layer("drop7").rate == 0.5
+    assert not set(model.MULTISCALE_LAYERS) & set(model.BACKBONE_LAYERS)
+    assert sorted(model.MULTISCALE_LAYERS) == sorted(
+        layer.name for layer in net.layers if layer.name.startswith("msc_") and layer.weights)
+
+
+def test_multiscale_parameter_count_worked_out_by_hand():
+    """Width 1, LargeFOV, 21 classes (built, not run)."""
+    single = model.build_deeplab(model.ModelConfig(num_classes=21, fov="large"))
+    msc = model.build_deeplab(model.ModelConfig(num_classes=21, fov="large", multiscale=True))
+    vgg_convs = sum(3 * 3 * cin * cout + cout for cin, cout in (
+        (3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+        (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)))
+    assert vgg_convs == 14_714_688  # keras.applications.VGG16(include_top=False)
+    fc6 = 3 * 3 * 512 * 1024 + 1024
+    fc7 = 1024 * 1024 + 1024
+    second = 128 * 128 + 128  # every branch's 1x1 layer
+    branches = ((3 * 3 * 3 * 128 + 128) + second        # image
+                + (3 * 3 * 64 * 128 + 128) + second     # pool1
+                + (3 * 3 * 128 * 128 + 128) + second    # pool2
+                + (3 * 3 * 256 * 128 + 128) + second    # pool3
+                + (3 * 3 * 512 * 128 + 128) + second)   # pool4
+    assert branches == 1_192_576
+    fc8 = (1024 + 5 * 128) * 21 + 21
+    assert msc.count_params() == vgg_convs + fc6 + fc7 + branches + fc8 == 21_711_445
+    assert single.count_params() == vgg_convs + fc6 + fc7 + 1024 * 21 + 21 == 20_505_429
+    assert msc.count_params() == single.count_params() + branches + 5 * 128 * 21
+
+
+def test_backbone_start_loads_conv1_to_fc7_and_leaves_branches_and_fc8_fresh(tmp_path):
+    from kseg.training import pretrain
+    config = model.ModelConfig(num_classes=4, width=0.0625, multiscale=True)
+    donor = model.build_deeplab(model.ModelConfig(num_classes=4, width=0.0625))
+    path = str(tmp_path / "backbone.npz")
+    pretrain.save_backbone(path, model.backbone_weights(donor), {})
+    keras.utils.set_random_seed(5)
+    fresh = model.build_deeplab(config)
+    keras.utils.set_random_seed(5)
+    net = model.build_deeplab(config)
+    model.initialise(net, "large", path)
+    for name in model.BACKBONE_LAYERS:
+        for got, want in zip(net.get_layer(name).get_weights(), donor.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    for name in model.MULTISCALE_LAYERS + (model.CLASSIFIER,):
+        for got, want in zip(net.get_layer(name).get_weights(), fresh.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_widened_classifier_keeps_the_single_scale_scores():
+    rng = np.random.default_rng(0)
+    single = model.build_deeplab(model.ModelConfig(num_classes=4, width=0.0625, dropout=0.0))
+    msc = model.build_deeplab(model.ModelConfig(num_classes=4, width=0.0625, multiscale=True))
+    single.get_layer("fc8").set_weights([rng.normal(0, 0.1, (1, 1, 64, 4)).astype(np.float32),
+                                         rng.normal(0, 0.1, 4).astype(np.float32)])
+    model.load_backbone(msc, model.backbone_weights(single), "the single-scale network")
+    kernel, bias = model.widen_classifier(single.get_layer("fc8").get_weights(), msc)
+    assert kernel.shape == (1, 1, 64 + 40, 4) and not kernel[:, :, 64:].any()
+    msc.get_layer("fc8").set_weights([kernel, bias])
+    images = rng.normal(0, 60, (2, 33, 33, 3)).astype(np.float32)
+    np.testing.assert_allclose(msc(images), single(images), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not widen"):
+        model.widen_classifier([kernel, bias], msc)
+    with pytest.raises(ValueError, match="does not widen"):
+        model.widen_classifier(single.get_layer("fc8").get_weights(), single)

@@ -1,7 +1,7 @@
 """Seconds per VOC-size image: the TensorFlow dense CRF against pydensecrf.
 
     python scripts/benchmark.py --what=crf_tf [--out=BENCHMARKS.md]
-    python -m kseg.benchmarks.crf_tf [--rounds=3] [--cores=1,2]
+    python -m kseg.benchmarks.crf_tf [--rounds=5] [--cores=1,2]
 
 Each core count runs in a fresh process (TensorFlow fixes its thread pools
 when it starts), and inside it the two implementations alternate round by
@@ -12,10 +12,19 @@ Medians over the rounds are reported.
 On n cores:
   * TF, one image: intra- and inter-op threads = n, sparse products cut into
     n row blocks (``num_blocks``) -- the latency of one request;
-  * TF, batch of n: the same, n images in one call -- seconds per image;
+  * TF, n in flight: n images, each called from its own thread with one
+    block (what ``evaluate.py --crf --crf_impl=tf --workers=n`` does,
+    :func:`kseg.crf.evaluate.crf_predictions`) -- seconds per image = wall
+    time / n;
   * pydensecrf: single-threaded C++, so on n cores it runs n images at once
     in a pool of n processes started and warmed up beforehand; seconds per
     image = wall time / n. On one core, one image in-process.
+
+Each figure also comes as CPU seconds per image (the process's CPU time, or
+for pydensecrf in the pool the worker's own), which other work on the
+machine changes far less than wall time: on a loaded machine compare those.
+The TF/pydensecrf ratio takes TF's n in flight on n > 1 cores (the
+throughput a split gets), its one image on one core.
 """
 
 import argparse
@@ -29,14 +38,17 @@ import time
 
 import numpy as np
 
-from kseg.crf.dense import CRFParams, dense_crf
 from kseg.benchmarks.crf import synthetic_crf_input
+from kseg.crf.dense import CRFParams, dense_crf
+from kseg.crf.evaluate import CRFSample, CRFSetting, crf_predictions
 
 
 def _pydensecrf_labels(job):
-    """Pool job: pydensecrf on one (image, probs, params); only labels come back."""
+    """Pool job: pydensecrf on one (image, probs, params) -> (labels, CPU seconds it took)."""
     image, probs, params = job
-    return dense_crf(image, probs, params)[1]
+    start = time.process_time()
+    labels = dense_crf(image, probs, params)[1]
+    return labels, time.process_time() - start
 
 
 def _measure(cores, rounds, height, width, num_labels, params):
@@ -51,33 +63,40 @@ def _measure(cores, rounds, height, width, num_labels, params):
     images = np.stack([c[0] for c in cases])
     probs = np.stack([c[1] for c in cases])
     crf = crf_tf.dense_crf_function(params, num_labels, num_blocks=cores)
-    _, tf_labels = crf(images, probs)  # trace and warm up
+    crf(images[:1], probs[:1])  # trace and warm up
+    samples = [CRFSample(str(i), c[0], None, c[1]) for i, c in enumerate(cases)]
+    setting = CRFSetting(params, reference_size=0)  # the stds as given, as above
+    tf_labels = [labels for _, labels in crf_predictions(samples, setting, cores, impl="tf")]
     reference = [dense_crf(image, p, params)[1] for image, p in cases]
-    agreement = float(np.mean(tf_labels.numpy() == np.stack(reference)))
+    agreement = float(np.mean(np.stack(tf_labels) == np.stack(reference)))
 
     pool = None
     if cores > 1:
         pool = multiprocessing.get_context("spawn").Pool(cores)
         pool.map(_pydensecrf_labels, [(c[0], c[1], params) for c in cases])  # warm up
 
-    times = {"tf_one_image": [], "pydensecrf": []}
+    times = {"tf_one_image": [], "pydensecrf": [], "tf_one_image_cpu": [], "pydensecrf_cpu": []}
     if cores > 1:
-        times["tf_batch"] = []
+        times.update(tf_in_flight=[], tf_in_flight_cpu=[])
+    jobs = [(c[0], c[1], params) for c in cases]
+
+    def timed(name, run, per=1):
+        start, cpu = time.perf_counter(), time.process_time()
+        run()
+        times[name].append((time.perf_counter() - start) / per)
+        times[name + "_cpu"].append((time.process_time() - cpu) / per)
+
     for _ in range(rounds):
-        start = time.perf_counter()
-        crf(images[:1], probs[:1])[1].numpy()
-        times["tf_one_image"].append(time.perf_counter() - start)
+        timed("tf_one_image", lambda: crf(images[:1], probs[:1])[1].numpy())
         if cores > 1:
+            timed("tf_in_flight",
+                  lambda: list(crf_predictions(samples, setting, cores, impl="tf")), cores)
             start = time.perf_counter()
-            crf(images, probs)[1].numpy()
-            times["tf_batch"].append((time.perf_counter() - start) / cores)
-            start = time.perf_counter()
-            pool.map(_pydensecrf_labels, [(c[0], c[1], params) for c in cases])
+            cpu = [seconds for _, seconds in pool.map(_pydensecrf_labels, jobs)]
             times["pydensecrf"].append((time.perf_counter() - start) / cores)
+            times["pydensecrf_cpu"].append(statistics.mean(cpu))
         else:
-            start = time.perf_counter()
-            dense_crf(cases[0][0], cases[0][1], params)
-            times["pydensecrf"].append(time.perf_counter() - start)
+            timed("pydensecrf", lambda: _pydensecrf_labels(jobs[0]))
     if pool is not None:
         pool.close()
         pool.join()
@@ -85,16 +104,18 @@ def _measure(cores, rounds, height, width, num_labels, params):
             **{name: round(statistics.median(values), 3) for name, values in times.items()}}
 
 
-def benchmark_crf_tf(height=375, width=500, num_labels=21, rounds=3, cores=(1, 2),
+def benchmark_crf_tf(height=375, width=500, num_labels=21, rounds=5, cores=(1, 2),
                      params=CRFParams()):
     """Seconds per image of the TF CRF and of pydensecrf on each core count.
 
     Returns:
       dict: the workload, ``'load_average_before'`` (1-minute; well above 0
       means other work shared the cores and wall times are inflated), and
-      ``'runs'``: per core count ``{'cores', 'tf_one_image', ['tf_batch',]
-      'pydensecrf', 'label_agreement'}`` in seconds per image, the agreement
-      being the fraction of equal TF and pydensecrf labels.
+      ``'runs'``: per core count ``{'cores', 'tf_one_image', ['tf_in_flight',]
+      'pydensecrf', 'label_agreement'}`` in seconds per image, each also as CPU
+      seconds per image (``'..._cpu'``: the process's, or the pool worker's
+      own, for pydensecrf), the agreement being the fraction of equal TF
+      and pydensecrf labels.
     """
     load = os.getloadavg()[0]
     runs = []
@@ -110,24 +131,33 @@ def benchmark_crf_tf(height=375, width=500, num_labels=21, rounds=3, cores=(1, 2
             "load_average_before": round(load, 2), "runs": runs}
 
 
+def _ratio(a, b):
+    """a / b to 2 decimals; 'n/a' when b rounded to 0 (tiny test images)."""
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
 def format_result(result):
     """Lines for BENCHMARKS.md."""
     lines = [f"dense CRF at {result['width']}x{result['height']}, {result['num_labels']} labels, "
              f"{result['num_iter']} iterations, median of {result['rounds']} alternating "
              f"rounds (load average before: {result['load_average_before']}):"]
     for run in result["runs"]:
+        tf_name = "tf_in_flight" if "tf_in_flight" in run else "tf_one_image"
         tf_part = f"TF one image {run['tf_one_image']:.2f} s"
-        if "tf_batch" in run:
-            tf_part += f", TF batch of {run['cores']} {run['tf_batch']:.2f} s/image"
-        lines.append(f"  {run['cores']} core(s): {tf_part}; pydensecrf {run['pydensecrf']:.2f} "
-                     f"s/image; TF/pydensecrf {run['tf_one_image'] / run['pydensecrf']:.2f}; "
-                     f"labels agree on {100 * run['label_agreement']:.2f}% of pixels")
+        if "tf_in_flight" in run:
+            tf_part += f", {run['cores']} in flight {run['tf_in_flight']:.2f} s/image"
+        lines.append(
+            f"  {run['cores']} core(s): {tf_part}; pydensecrf {run['pydensecrf']:.2f} s/image; "
+            f"TF/pydensecrf {_ratio(run[tf_name], run['pydensecrf'])} (CPU seconds per image "
+            f"{run[tf_name + '_cpu']:.2f} / {run['pydensecrf_cpu']:.2f} = "
+            f"{_ratio(run[tf_name + '_cpu'], run['pydensecrf_cpu'])}); labels agree on "
+            f"{100 * run['label_agreement']:.2f}% of pixels")
     return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cores", default="1,2", help="comma-separated core counts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -8,11 +8,17 @@ decode: JPEG decoding images/s with the accurate DCT the pipeline uses against
   TensorFlow's default.
 estep: training-step time of each E-step kind relative to a strong step on
   the same batch, at 321x321 crops.
+estep_crf: training-step time with --estep_crf against the same step without
+  it (EM-Adapt, Bbox-EM-Fixed), at the embedded flagfiles' setting (width
+  0.125, batch 10, 129x129 crops), and the E-step CRF alone at score-map and
+  at input resolution.
 crf: dense-CRF images/s, one process and a pool, at 500x375 with 21 labels.
 crf_tf: seconds per image of the TensorFlow dense CRF (kseg.crf.tf_dense)
   against pydensecrf at 500x375, 21 labels, 10 iterations, on 1 and 2 cores,
   alternating round by round in one run (kseg.benchmarks.crf_tf).
 serving: SavedModel inference images/s against the Keras model's, 500x375.
+msc: training-step and inference time of DeepLab-MSc (--multiscale) against
+  LargeFOV at 321x321, width 1, batch 1, alternating round by round.
 network: kseg's training step and inference images/s (DeepLab-LargeFOV at
   321x321, width 1, and the embedded setting), per precision, with and
   without XLA, strong and each E-step kind, against the same network in plain
@@ -28,9 +34,10 @@ import sys
 
 from absl import flags
 
+from kseg import model as model_lib
 from kseg.benchmarks import training as benchmark
 from kseg.cli import app as cli_app
-from kseg.config import InputConfig, ModelConfig
+from kseg.config import EStepConfig, InputConfig, ModelConfig
 from kseg.data import pipeline, prepare, records
 from kseg.utils import files
 
@@ -39,8 +46,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
-    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "crf", "crf_tf", "serving",
-                               "network"], "Which measurements to run.")
+    flags.DEFINE_list("what", ["pipeline", "decode", "estep", "estep_crf", "crf", "crf_tf",
+                               "serving", "msc", "network"],
+                      "Which measurements to run.")
     flags.DEFINE_list("serving_widths", ["0.125", "1"], "Model widths of the serving comparison.")
     flags.DEFINE_integer("serving_batch_size", 1, "Images per call of the serving comparison.")
     flags.DEFINE_integer("serving_rounds", 5, "Rounds of the serving comparison (median).")
@@ -50,14 +58,25 @@ def define_flags():
     flags.DEFINE_integer("estep_batch", 4, "Batch of the E-step comparison.")
     flags.DEFINE_float("estep_width", 0.25, "Model width of the E-step comparison.")
     flags.DEFINE_integer("estep_rounds", 30, "Measured steps per kind (median; 5 was too noisy).")
+    flags.DEFINE_integer("estep_crf_batch", 10, "Batch of the --estep_crf comparison.")
+    flags.DEFINE_integer("estep_crf_crop", 129, "Crop of the --estep_crf comparison.")
+    flags.DEFINE_float("estep_crf_width", 0.125, "Model width of the --estep_crf comparison.")
+    flags.DEFINE_integer("estep_crf_rounds", 30, "Measured steps per row of the --estep_crf "
+                         "comparison (median).")
     flags.DEFINE_integer("crf_images", 8, "Images per CRF measurement.")
-    flags.DEFINE_integer("crf_tf_rounds", 3, "Alternating rounds of the TF-vs-pydensecrf "
+    flags.DEFINE_integer("crf_tf_rounds", 5, "Alternating rounds of the TF-vs-pydensecrf "
                          "comparison (median).")
     flags.DEFINE_list("crf_tf_cores", ["1", "2"], "Core counts of the TF-vs-pydensecrf "
                       "comparison (each in a fresh process).")
     flags.DEFINE_integer("crf_tf_height", 375, "Image height of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("crf_tf_width", 500, "Image width of the TF-vs-pydensecrf comparison.")
     flags.DEFINE_integer("decode_images", 500, "JPEGs per decoding measurement.")
+    flags.DEFINE_float("msc_width", 1.0, "Model width of the MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_crop_size", 321, "Crop (and inference image) side of the "
+                         "MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_batch", 1, "Batch of the MSc-vs-LargeFOV comparison.")
+    flags.DEFINE_integer("msc_rounds", 9, "Alternating rounds of the MSc-vs-LargeFOV "
+                         "comparison (median).")
     from kseg.benchmarks.network import DEFAULT_ROWS  # no TensorFlow
     flags.DEFINE_list("network_rows", list(DEFAULT_ROWS),
                       "Rows of the network benchmark: MODE-bBATCH-PRECISION[-xla][-KIND]"
@@ -121,6 +140,39 @@ def bench_estep():
               f"= {100 * alone[kind] / times['strong']:.2f}% of a strong step")
 
 
+def bench_estep_crf():
+    # A batch of embedded training crops with their boxes and image labels: the
+    # lattice's cost depends on the colours (random pixels are its worst case).
+    data_dir = prepare.ensure_embedded_records()
+    num_classes = records.read_split_info(data_dir, "train")["num_classes"]
+    config = InputConfig(num_classes=num_classes, crop_size=FLAGS.estep_crf_crop)
+    streams = [pipeline.Stream(records.split_pattern(data_dir, "train"), "bbox_em_fixed",
+                               FLAGS.estep_crf_batch)]
+    batch = next(iter(pipeline.train_dataset(streams, config)))
+    model = ModelConfig(num_classes, width=FLAGS.estep_crf_width)
+    plain = benchmark.make_trainer(model)
+    refined = benchmark.make_trainer(model, estep=EStepConfig(estep_crf=True))
+    kinds = ("em_adapt", "bbox_em_fixed")
+    runs = {}
+    for kind in kinds:
+        runs[kind] = (plain, benchmark.with_kind(batch, kind))
+        runs[kind + "+crf"] = (refined, benchmark.with_kind(batch, kind))
+    times = benchmark.steps_seconds(runs, rounds=FLAGS.estep_crf_rounds)
+    alone = benchmark.estep_crf_alone_seconds(batch, num_classes)
+    size = FLAGS.estep_crf_crop
+    print(f"--estep_crf at {size}x{size} embedded crops, batch {FLAGS.estep_crf_batch} (all "
+          f"weak), width {FLAGS.estep_crf_width}, {num_classes} labels (training steps: median "
+          f"of {FLAGS.estep_crf_rounds} alternating):")
+    for kind in kinds:
+        print(f"  {kind:<14} {times[kind]:.3f} s/step; with --estep_crf "
+              f"{times[kind + '+crf']:.3f} s/step; ratio {times[kind + '+crf'] / times[kind]:.3f}")
+    side = model_lib.score_map_size(size)
+    print(f"  the E-step CRF alone per batch: at score-map resolution ({side}x{side}, what "
+          f"--estep_crf runs) {1000 * alone['score_map']:.1f} ms; at input resolution "
+          f"({size}x{size}, not an option) {1000 * alone['input']:.0f} ms = "
+          f"{alone['input'] / times['em_adapt']:.1f} plain EM-Adapt steps")
+
+
 def bench_crf():
     from kseg.benchmarks import crf as crf_bench
     result = crf_bench.benchmark_crf(num_images=FLAGS.crf_images)
@@ -147,6 +199,21 @@ def bench_serving():
               f"{r['saved_model_images_per_s']:.2f}, SavedModel from PNG strings "
               f"{r['saved_model_encoded_images_per_s']:.2f}; SavedModel/Keras "
               f"{r['saved_model_over_keras']:.2f}")
+
+
+def bench_msc():
+    r = benchmark.multiscale_seconds(width=FLAGS.msc_width, crop_size=FLAGS.msc_crop_size,
+                                     batch_size=FLAGS.msc_batch, rounds=FLAGS.msc_rounds)
+    size = FLAGS.msc_crop_size
+    print(f"DeepLab-MSc against LargeFOV at {size}x{size}, batch {FLAGS.msc_batch}, width "
+          f"{FLAGS.msc_width}, 21 labels (median of {FLAGS.msc_rounds} alternating rounds):")
+    for what, label in (("train", "training step"), ("inference", "inference")):
+        single, msc = r[what]["single"], r[what]["msc"]
+        print(f"  {label:<14} LargeFOV {single:.3f} s  LargeFOV-MSc {msc:.3f} s  "
+              f"ratio MSc/LargeFOV {msc / single:.3f}")
+    single, msc = r["params"]["single"], r["params"]["msc"]
+    print(f"  {'parameters':<14} LargeFOV {single:,}  LargeFOV-MSc {msc:,}  "
+          f"ratio {msc / single:.3f}")
 
 
 def bench_network():
@@ -182,8 +249,8 @@ def main(argv):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             {"pipeline": bench_pipeline, "decode": bench_decode, "estep": bench_estep,
-             "crf": bench_crf, "crf_tf": bench_crf_tf, "serving": bench_serving,
-             "network": bench_network}[what]()
+             "estep_crf": bench_estep_crf, "crf": bench_crf, "crf_tf": bench_crf_tf,
+             "serving": bench_serving, "msc": bench_msc, "network": bench_network}[what]()
         sys.stdout.write(buffer.getvalue())
         if FLAGS.out:
             write_section(FLAGS.out, what, buffer.getvalue())

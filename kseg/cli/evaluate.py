@@ -11,7 +11,8 @@ pixel_accuracy as fractions, per_class_iou, the confusion matrix). With
 side, and DIR/eval_<split>_crf.json is written too, recording the CRF
 parameters under "crf" (and as flag lines under "crf_flags"). --crf_impl
 picks the CRF: pydensecrf (the default, C++ in the pool) or tf (the
-TensorFlow CRF of kseg.crf.tf_dense, the one in `scripts/export.py --crf`).
+TensorFlow CRF of kseg.crf.tf_dense, the one in `scripts/export.py --crf`,
+in this process with --workers images in flight).
 
 CRF parameters default to DeepLab-v1's LargeFOV values (bilateral 4 / 121 / 5,
 Gaussian 3 / 3, 10 iterations); the position stds are in pixels of a

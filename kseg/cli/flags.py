@@ -189,7 +189,7 @@ def define_crf_impl_flag(values: flags.FlagValues = FLAGS) -> None:
                       "Dense-CRF implementation: pydensecrf (C++, in the --workers pool; the "
                       "default until the TF one is measured at least as fast, BENCHMARKS.md) "
                       "or tf (kseg.crf.tf_dense, the CRF of scripts/export.py --crf, in this "
-                      "process; --workers = row blocks per sparse product).",
+                      "process; --workers images at a time).",
                       flag_values=values)
 
 

@@ -17,11 +17,11 @@ parameters recorded next to scores all use this convention.
 
 Two implementations of the same CRF (``impl``, the ``--crf_impl`` flag):
 ``'pydensecrf'`` (the default), pydensecrf's C++ in the process pool, and
-``'tf'``, :mod:`kseg.crf.tf_dense` in this process, one image per call
-with its sparse products cut into one row block per worker (TensorFlow's
-threads run them in parallel). They agree on >= 99% of pixels (tests);
-pydensecrf stays the default until BENCHMARKS.md shows the TF one at least
-as fast on an idle machine.
+``'tf'``, :mod:`kseg.crf.tf_dense` in this process, with one image in
+flight per worker (a thread each; TensorFlow runs the calls side by side on
+its threads, as the pool runs processes). They agree on >= 99% of pixels
+(tests); pydensecrf stays the default until BENCHMARKS.md shows the TF one
+at least as fast on an idle machine.
 
 Worker processes import this module, so it imports no TensorFlow, directly
 or through another module (``'tf'`` imports it when it runs): the pool starts workers with 'spawn' (forking a
@@ -31,8 +31,11 @@ TensorFlow would spend seconds and hundreds of MB on it for nothing.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -110,22 +113,46 @@ def crf_labels(job) -> np.ndarray:
     return dense_crf(image, probs, params)[1].astype(np.uint8)
 
 
-def _tf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
-                    num_blocks: int) -> Iterator[tuple[CRFSample, np.ndarray]]:
-    """(sample, (H, W) uint8 labels) with :mod:`kseg.crf.tf_dense`, in this process.
+@functools.lru_cache(maxsize=8)
+def _tf_crf_function(setting: CRFSetting, num_labels: int):
+    """:func:`kseg.crf.tf_dense.dense_crf_function` for ``setting``, traced once per process.
 
     One traced function serves every image size: the position stds are
     scaled in the graph by each image's long side / ``setting.reference_size``
     (0: as given), as :meth:`CRFSetting.for_image` does for pydensecrf.
     """
     from kseg.crf import tf_dense  # TensorFlow, only when asked (module docstring)
-    crf = None
-    for sample in samples:
-        if crf is None:
-            crf = tf_dense.dense_crf_function(setting.params, sample.probs.shape[-1],
-                                              setting.reference_size or None, num_blocks)
+    return tf_dense.dense_crf_function(setting.params, num_labels,
+                                       setting.reference_size or None)
+
+
+def _tf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
+                    workers: int) -> Iterator[tuple[CRFSample, np.ndarray]]:
+    """(sample, (H, W) uint8 labels) with :mod:`kseg.crf.tf_dense`, in this process, in order.
+
+    ``workers`` images are in flight at once, each called from its own
+    thread: TensorFlow releases the GIL while it runs, so the calls proceed
+    side by side on its inter-op threads (one image per core, as the
+    pydensecrf pool runs them; on 2 cores this measured faster than one
+    image at a time with its sparse products cut into row blocks, whose
+    lattice construction runs on one core). Results do not depend on
+    ``workers``.
+    """
+    def run(sample):
+        crf = _tf_crf_function(setting, sample.probs.shape[-1])
         _, labels = crf(sample.image[None], sample.probs[None].astype(np.float32))
-        yield sample, labels[0].numpy().astype(np.uint8)
+        return labels[0].numpy().astype(np.uint8)
+
+    pending = collections.deque()  # (sample, future), oldest first
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for sample in samples:
+            pending.append((sample, pool.submit(run, sample)))
+            if len(pending) >= workers:
+                oldest, future = pending.popleft()
+                yield oldest, future.result()
+        while pending:
+            oldest, future = pending.popleft()
+            yield oldest, future.result()
 
 
 def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
@@ -139,7 +166,7 @@ def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
     pool, so only that many probability maps are in memory however long the
     split (a VOC image's 500x375x21 float32 map is 16 MB). ``workers=1`` runs
     in this process. With ``impl='tf'`` every image runs in this process
-    through :mod:`kseg.crf.tf_dense`, ``workers`` row blocks per sparse product.
+    through :mod:`kseg.crf.tf_dense`, ``workers`` images at a time.
     """
     if impl not in CRF_IMPLEMENTATIONS:
         raise ValueError(f"--crf_impl must be one of {', '.join(CRF_IMPLEMENTATIONS)}, "

@@ -41,7 +41,17 @@ runs on any device TensorFlow runs on:
   ``tf.math.unsorted_segment_sum``, and the adjoint faster than a
   vertex-sorted copy once the cost of that sort is counted);
   each blur (M, M), with entries sorted by row, is value + 0.5 (previous +
-  next neighbour).
+  next neighbour); the kernel weight is folded into the slice's entries
+  once, not applied to every iteration's output;
+* the normalisation D = diag(A 1), one column, runs on vectors (segment
+  sums and gathers), which for a single column cost less than the sparse
+  products.
+
+Not used, measured: ``tf.raw_ops.SparseMatrixMatMul`` (CSR) is 1.4-1.7x
+faster than ``sparse_dense_matmul`` when run eagerly, where oneDNN swaps in
+its own kernel, but 2.5-3x slower inside ``tf.function`` (Eigen's kernel),
+where the CRF runs; gathers with ``tensor_scatter_nd_add`` for the blur,
+3-4x slower; XLA, which needs static shapes and has no ``tf.unique``.
 
 Agreement with pydensecrf is by construction, not by tuning: the same feature
 order (x, y[, r, g, b]), the same elevation, rounding (to nearest, ties to
@@ -232,7 +242,15 @@ def build_lattice(features, image_ids=None, num_images=None):
 # ------------------------------------------------------------------ filtering
 
 
-def _row_blocks(indices, values, num_rows, num_cols, num_blocks):
+class _Entries(NamedTuple):
+    """The entries of a sparse (R, K) matrix, sorted by row."""
+
+    rows: tf.Tensor  # (n,) int64
+    columns: tf.Tensor  # (n,) int64
+    values: tf.Tensor  # (n,) float32
+
+
+def _row_blocks(entries, num_rows, num_cols, num_blocks):
     """A sparse (R, K) matrix as ``num_blocks`` SparseTensors of consecutive rows.
 
     Each block's product is an independent op, so TensorFlow's inter-op
@@ -240,9 +258,8 @@ def _row_blocks(indices, values, num_rows, num_cols, num_blocks):
     product is one single-threaded op on CPU).
 
     Args:
-      indices: (n, 2) int64 (row, column) of the entries, sorted by row (the
-        products read and write memory in order).
-      values: (n,) float32.
+      entries: :class:`_Entries`, sorted by row (the products read and write
+        memory in order).
       num_rows, num_cols: () int64, R and K.
       num_blocks: Python int.
 
@@ -250,36 +267,36 @@ def _row_blocks(indices, values, num_rows, num_cols, num_blocks):
       A tuple of ``num_blocks`` SparseTensors, block b holding rows
       [R b / num_blocks, R (b+1) / num_blocks) renumbered from 0.
     """
+    indices = tf.stack([entries.rows, entries.columns], axis=1)  # (n, 2)
     if num_blocks == 1:
-        return (tf.SparseTensor(indices, values, tf.stack([num_rows, num_cols])),)
+        return (tf.SparseTensor(indices, entries.values, tf.stack([num_rows, num_cols])),)
     bounds = num_rows * tf.range(num_blocks + 1, dtype=tf.int64) // num_blocks
-    starts = tf.searchsorted(indices[:, 0], bounds, out_type=tf.int64)
+    starts = tf.searchsorted(entries.rows, bounds, out_type=tf.int64)
     blocks = []
     for b in range(num_blocks):
-        entries = tf.range(starts[b], starts[b + 1])
-        block_indices = (tf.gather(indices, entries)
+        block_indices = (indices[starts[b]:starts[b + 1]]
                          - tf.stack([bounds[b], tf.constant(0, tf.int64)]))
-        blocks.append(tf.SparseTensor(block_indices, tf.gather(values, entries),
+        blocks.append(tf.SparseTensor(block_indices, entries.values[starts[b]:starts[b + 1]],
                                       tf.stack([bounds[b + 1] - bounds[b], num_cols])))
     return tuple(blocks)
 
 
-def _column_blocks(indices, values, num_rows, num_cols, num_blocks):
+def _column_blocks(entries, num_rows, num_cols, num_blocks):
     """A sparse (R, K) matrix as ``num_blocks`` SparseTensors of consecutive columns.
 
     For adjoint products: block b's adjoint gives rows [K b / num_blocks,
     K (b+1) / num_blocks) of the result, so blocks run in parallel as with
     :func:`_row_blocks`. Entries keep their order within a block.
     """
+    indices = tf.stack([entries.rows, entries.columns], axis=1)  # (n, 2)
     if num_blocks == 1:
-        return (tf.SparseTensor(indices, values, tf.stack([num_rows, num_cols])),)
-    cols = indices[:, 1]
+        return (tf.SparseTensor(indices, entries.values, tf.stack([num_rows, num_cols])),)
     blocks = []
     for b in range(num_blocks):
         low, high = num_cols * b // num_blocks, num_cols * (b + 1) // num_blocks
-        entries = tf.where(tf.logical_and(cols >= low, cols < high))[:, 0]
-        block_indices = tf.gather(indices, entries) - tf.stack([tf.constant(0, tf.int64), low])
-        blocks.append(tf.SparseTensor(block_indices, tf.gather(values, entries),
+        chosen = tf.where(tf.logical_and(entries.columns >= low, entries.columns < high))[:, 0]
+        block_indices = tf.gather(indices, chosen) - tf.stack([tf.constant(0, tf.int64), low])
+        blocks.append(tf.SparseTensor(block_indices, tf.gather(entries.values, chosen),
                                       tf.stack([num_rows, high - low])))
     return tuple(blocks)
 
@@ -314,6 +331,42 @@ def _slice_scale(dim):
     return np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-dim))
 
 
+def _blur_entries(next_vertex, num_vertices):
+    """The (M, M) blur along one lattice direction, as :class:`_Entries` sorted by row.
+
+    Row v holds (v, previous) 0.5, (v, v) 1, (v, next) 0.5, the missing
+    neighbours left out, read row by row from an (M, 3) table: a product
+    then finishes each output row while it is in cache (three row-sorted
+    streams, diagonal, next and previous, which need no table, measured 1.6x
+    slower per product).
+    """
+    vertices = tf.range(num_vertices)
+    has_next = tf.where(next_vertex >= 0)  # (E, 1)
+    previous = tf.tensor_scatter_nd_update(
+        tf.fill([num_vertices], tf.constant(-1, tf.int64)),
+        tf.gather_nd(next_vertex, has_next)[:, None], has_next[:, 0])  # (M,)
+    columns = tf.stack([previous, vertices, next_vertex], axis=1)  # (M, 3)
+    present = tf.where(columns >= 0)  # (n, 2): (row, slot), row-major
+    return _Entries(present[:, 0], tf.gather_nd(columns, present),
+                    tf.gather(tf.constant([0.5, 1.0, 0.5]), present[:, 1]))
+
+
+def _normaliser(lattice, blurs, scale):
+    """diag(D) = s W^T B W 1 (see :class:`GaussianFilter`), (P,) float32.
+
+    With vectors (segment sums and gathers): for one column these cost less
+    than the sparse products, whose cost per entry hardly shrinks with the
+    number of columns. The sums run in the products' order.
+    """
+    grid = tf.math.unsorted_segment_sum(
+        tf.reshape(lattice.weights, [-1]), tf.reshape(lattice.vertex_ids, [-1]),
+        lattice.num_vertices)  # (M,) the splat of ones
+    for blur in blurs:
+        grid = tf.math.unsorted_segment_sum(blur.values * tf.gather(grid, blur.columns),
+                                            blur.rows, lattice.num_vertices)  # (M,)
+    return scale * tf.reduce_sum(lattice.weights * tf.gather(grid, lattice.vertex_ids), axis=1)
+
+
 class GaussianFilter(NamedTuple):
     """The symmetrically normalised lattice filter as sparse matrices, ready to apply.
 
@@ -330,26 +383,25 @@ class GaussianFilter(NamedTuple):
       splat: column blocks of T (see :func:`_column_blocks`), used adjoint.
       blurs: d+1 row-block tuples of the (M, M) blur along direction j:
         1 on the diagonal, 0.5 between a vertex and its neighbours along j.
-      slice: row blocks of T (see :func:`_row_blocks`).
-      scale: s.
+      slice: row blocks of s T (see :func:`_row_blocks`).
     """
 
     splat: tuple
     blurs: tuple
     slice: tuple
-    scale: float
 
-    def __call__(self, values, weight=None):
-        """(P, C) float32 values -> weight * K(values), (P, C) float32.
+    def weighted(self, weight):
+        """This filter times ``weight`` (a scalar, tensor or variable; gradients
+        flow to it), folded into the slice's entries: once for all the
+        mean-field iterations, instead of scaling every (P, C) output."""
+        return self._replace(slice=_scaled(self.slice, weight))
 
-        ``weight`` (a scalar, tensor or variable) scales the slice weights,
-        which is cheaper than scaling the (P, C) output.
-        """
+    def __call__(self, values):
+        """(P, C) float32 values -> K(values), (P, C) float32."""
         grid = _matmul(self.splat, values, adjoint=True)  # (M, C)
         for blur in self.blurs:
             grid = _matmul(blur, grid)
-        factor = self.scale if weight is None else self.scale * weight
-        return _matmul(_scaled(self.slice, factor), grid)  # (P, C)
+        return _matmul(self.slice, grid)  # (P, C)
 
 
 def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
@@ -372,37 +424,19 @@ def gaussian_filter(features, image_ids=None, num_images=None, num_blocks=1):
     d1 = lattice.weights.shape[1]
     num_points = tf.shape(features, out_type=tf.int64)[0]
     num_vertices = lattice.num_vertices
+    scale = _slice_scale(d1 - 1)
 
-    point_ids = tf.range(num_points * d1, dtype=tf.int64) // d1  # (P (d+1),)
-    indices = tf.stack([point_ids, tf.reshape(lattice.vertex_ids, [-1])], axis=1)
-    weights = tf.reshape(lattice.weights, [-1])
-
-    # Blur along j: row v holds (v, previous) 0.5, (v, v) 1, (v, next) 0.5,
-    # built row by row from an (M, 3) table so the entries are sorted by row.
-    vertices = tf.range(num_vertices)
-    blurs = []
-    for next_vertex in lattice.next_vertex:
-        has_next = tf.where(next_vertex >= 0)  # (E, 1)
-        previous = tf.tensor_scatter_nd_update(
-            tf.fill([num_vertices], tf.constant(-1, tf.int64)),
-            tf.gather_nd(next_vertex, has_next)[:, None], has_next[:, 0])  # (M,)
-        columns = tf.stack([previous, vertices, next_vertex], axis=1)  # (M, 3)
-        present = tf.where(columns >= 0)  # (n, 2): (row, slot), row-major
-        blur_indices = tf.stack([present[:, 0], tf.gather_nd(columns, present)], axis=1)
-        blur_values = tf.gather(tf.constant([0.5, 1.0, 0.5]), present[:, 1])
-        blurs.append(_row_blocks(blur_indices, blur_values, num_vertices, num_vertices,
-                                 num_blocks))
-
-    def make(values):
-        return GaussianFilter(
-            splat=_column_blocks(indices, values, num_points, num_vertices, num_blocks),
-            blurs=tuple(blurs),
-            slice=_row_blocks(indices, values, num_points, num_vertices, num_blocks),
-            scale=_slice_scale(d1 - 1))
-
-    norm = make(weights)(tf.ones([num_points, 1]))[:, 0]  # (P,) = diag(D)
-    inv_sqrt = tf.gather(1.0 / tf.sqrt(norm + _NORM_EPS), point_ids)  # (P (d+1),)
-    return make(weights * inv_sqrt)
+    blurs = [_blur_entries(next_vertex, num_vertices) for next_vertex in lattice.next_vertex]
+    norm = _normaliser(lattice, blurs, scale)  # (P,) = diag(D)
+    # T's entries in point order: each point's d+1 vertices, weight times n.
+    weights = lattice.weights * (1.0 / tf.sqrt(norm + _NORM_EPS))[:, None]  # (P, d+1)
+    entries = _Entries(tf.range(num_points * d1, dtype=tf.int64) // d1,
+                       tf.reshape(lattice.vertex_ids, [-1]), tf.reshape(weights, [-1]))
+    return GaussianFilter(
+        splat=_column_blocks(entries, num_points, num_vertices, num_blocks),
+        blurs=tuple(_row_blocks(blur, num_vertices, num_vertices, num_blocks) for blur in blurs),
+        slice=_row_blocks(entries._replace(values=scale * entries.values), num_points,
+                          num_vertices, num_blocks))
 
 
 # ------------------------------------------------------------------ mean field
@@ -504,15 +538,15 @@ def mean_field(images, unary, params=CRFParams(), *, bi_w=None, pos_w=None,
     image_ids = tf.repeat(tf.range(batch), height * width)  # (P,)
     rgb = tf.cast(tf.reshape(images, [-1, 3]), tf.float32) / params.bi_rgb_std  # (P, 3)
     pos_filter = gaussian_filter(tf.stack([cols / pos_std, rows / pos_std], axis=1),
-                                 image_ids, batch, num_blocks)
+                                 image_ids, batch, num_blocks).weighted(pos_w)
     bi_filter = gaussian_filter(
         tf.concat([tf.stack([cols / bi_std, rows / bi_std], axis=1), rgb], axis=1),
-        image_ids, batch, num_blocks)
+        image_ids, batch, num_blocks).weighted(bi_w)
 
     neg_unary = -tf.reshape(unary, [-1, num_labels])  # (P, C)
     q = tf.nn.softmax(neg_unary, axis=-1)
     for _ in range(params.num_iter):
-        logits = tf.add_n([neg_unary, pos_filter(q, pos_w), bi_filter(q, bi_w)])
+        logits = tf.add_n([neg_unary, pos_filter(q), bi_filter(q)])
         q = tf.nn.softmax(logits, axis=-1)
     return tf.reshape(q, shape)
 

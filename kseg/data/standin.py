@@ -33,7 +33,7 @@ import numpy as np
 from kseg.data import embedded
 
 # Bump when the generated content changes, so caches are regenerated.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 GENERATE_DEFAULTS = dict(num_train=8000, num_val=1000, image_size=128, seed=0)
 
@@ -53,6 +53,10 @@ NEW_TEXTURES = ("waves", "squares", "hatch", "zigzag", "speckle", "solid")
 TEXTURES = SEGMENTATION_TEXTURES + NEW_TEXTURES
 
 NUM_CLASSES = 48
+
+# Objects per image (1-4) and the visible pixels that make a class present.
+OBJECT_COUNT_PROBS = (0.3, 0.35, 0.25, 0.1)
+MIN_VISIBLE_PIXELS = 100
 
 
 def _class_list(num_classes: int = NUM_CLASSES) -> tuple[tuple[str, str], ...]:
@@ -139,35 +143,39 @@ def _texture(texture, dy, dx, scale, rng):
     raise ValueError(f"no texture named {texture!r}")
 
 
-def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, int]:
-    """Draws one classification image.
+def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one classification image: 1-4 objects of distinct classes, at
+    the segmentation set's object scale, on its kind of cluttered background.
 
     Returns:
       image: (S, S, 3) uint8 RGB.
-      label: int, the class of the dominant object (index into CLASSES).
+      labels: (K,) uint8 multi-hot over CLASSES: the classes with at least
+        MIN_VISIBLE_PIXELS pixels left visible.
     """
     s = image_size
     image = embedded.background(rng, s)
     yy, xx = embedded.grid(s)
     scales = np.array([6.0, 9.0]) * max(s / 128.0, 0.5)
-    label = int(rng.integers(len(CLASSES)))
-    objects = [(label, rng.uniform(0.4, 0.75) * s)]
-    if rng.random() < 0.3:  # a small distractor, drawn first (behind)
-        objects.insert(0, (int(rng.integers(len(CLASSES))), rng.uniform(0.15, 0.25) * s))
-    for k, (cls, size) in enumerate(objects):
-        dominant = k == len(objects) - 1
-        # The dominant object's centre stays inside the middle of the image;
-        # it may be cut by the border (ImageNet objects often are).
-        low, high = (0.3 * s, 0.7 * s) if dominant else (0.1 * s, 0.9 * s)
-        cy, cx = rng.uniform(low, high, size=2)
+    count = rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS) + 1
+    classes = rng.choice(len(CLASSES), size=count, replace=False)
+    owner = np.full((s, s), -1, np.int32)  # (S, S) index of the visible object
+    for k, cls in enumerate(classes):
+        size = rng.uniform(0.25, 0.6) * s
+        cy, cx = rng.uniform(0.15 * s, 0.85 * s, size=2)  # may be cut by the border
         dy, dx = yy - cy, xx - cx
         shape, texture = CLASSES[cls]
         mask = _shape_mask(shape, dy, dx, size, rng)
         pattern = _texture(texture, dy, dx, rng.choice(scales), rng)
         colours = embedded.colour_pair(rng)
         image[mask] = np.where(pattern[mask][:, None], colours[0], colours[1])
+        owner[mask] = k
+    visible = np.bincount(owner[owner >= 0], minlength=count) >= MIN_VISIBLE_PIXELS
+    if not visible.any():  # every object hidden or cut away: label the largest part
+        visible[np.argmax(np.bincount(owner[owner >= 0], minlength=count))] = True
+    labels = np.zeros(len(CLASSES), np.uint8)
+    labels[classes[visible]] = 1
     image += 6 * rng.standard_normal(size=image.shape, dtype=np.float32)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), label
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), labels
 
 
 _SPLIT_CODES = {"train": 0, "val": 1}
@@ -184,7 +192,7 @@ def generate(root: str, num_train: int = 8000, num_val: int = 1000, image_size: 
     os.makedirs(root, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val)):
         images = np.zeros((count, image_size, image_size, 3), np.uint8)
-        labels = np.zeros((count,), np.int32)
+        labels = np.zeros((count, len(CLASSES)), np.uint8)
         for i in range(count):
             images[i], labels[i] = render_example(example_rng(seed, split, i), image_size)
         np.savez(os.path.join(root, f"{split}.npz"), images=images, labels=labels)
@@ -201,6 +209,6 @@ def ensure_standin(cache_dir: str | None = None, **generate_kwargs) -> str:
 
 
 def load_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, S, S, 3) uint8, labels (N,) int32) of a split."""
+    """(images (N, S, S, 3) uint8, labels (N, K) uint8 multi-hot) of a split."""
     with np.load(os.path.join(root, f"{split}.npz")) as data:
         return data["images"], data["labels"]

@@ -12,12 +12,15 @@ Resolution: the CRF runs at **score-map resolution** (h = ceil(S / 8) for an
 S x S crop), on the crop's colours averaged over the 7 x 7 pixels centred on
 each score-map pixel (score-map pixel i sits on crop pixel 8i). That is
 what the E-step's argmax needs (its targets are score-map sized), and it
-costs 1/64 of the pixels of the crop: at 321x321 a CRF over the crop's
-103k pixels would take about 1.7 s per image on a CPU core (by the 3.1 s of
-500x375, BENCHMARKS.md), against 0.45 s for a whole training step of 4
-crops at width 0.25 (ibid.), while the 41x41 score map's 1681 pixels take
-milliseconds. Input resolution would
-also need the scores upsampled before and the marginals downsampled after,
+costs 1/64 of the pixels of the crop. Measured at the embedded flagfiles'
+setting (`python scripts/benchmark.py --what=estep_crf`, BENCHMARKS.md; a
+busy machine): for a batch of 10 crops of 129x129 the CRF took 33 ms on
+the 17x17 score maps and 1.6 s on the crops with the scores upsampled, 9
+plain training steps of the width-0.125 network, which 2 CPU cores cannot
+afford at every step; at 321x321 a crop's 103k pixels would take about
+1.7 s per image on a CPU core (by the 500x375 figure), against 0.45 s for a
+whole training step of 4 crops at width 0.25. Input resolution would also
+need the scores upsampled before and the marginals downsampled after,
 throwing away 63 of every 64 refined pixels. What is lost: colour detail
 finer than 8 pixels (the average blurs thin structures).
 

@@ -23,6 +23,7 @@ worker in a save.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -140,16 +141,26 @@ def _comparable(key: str, value):
 def run_differences(old: dict, new: dict) -> list[str]:
     """`name: old -> new` for every setting defining the network or the data
     (see `_RUN_DATA`; ModelConfig but its TRAINING_ONLY fields) that differs
-    between two run configs. Settings that the older config lacks (written by
-    an older kseg) are not compared."""
+    between two run configs. A network setting that the older config lacks
+    (written by a kseg before the setting existed) is compared as its
+    default, the network that kseg built (e.g. `multiscale`: False); other
+    settings that it lacks are not compared."""
     keys = [f"model.{name}" for name in new.get("model", {})
             if name not in ModelConfig.TRAINING_ONLY] + list(_RUN_DATA)
+    defaults = {f"model.{f.name}": f.default for f in dataclasses.fields(ModelConfig)
+                if f.default is not dataclasses.MISSING}
     out = []
     for key in keys:
         try:
-            before, after = _setting(old, key), _setting(new, key)
+            after = _setting(new, key)
         except (KeyError, TypeError):
             continue
+        try:
+            before = _setting(old, key)
+        except (KeyError, TypeError):
+            if key not in defaults or not isinstance(old.get("model"), dict):
+                continue
+            before = defaults[key]
         if _comparable(key, before) != _comparable(key, after):
             out.append(f"{key.rsplit('.', 1)[-1]}: {before!r} there, {after!r} here")
     return out

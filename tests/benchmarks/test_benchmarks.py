@@ -10,7 +10,7 @@ from PIL import Image
 from kseg.benchmarks import crf as crf_bench
 from kseg.benchmarks import crf_tf as crf_tf_bench
 from kseg.benchmarks import training as training_bench
-from kseg.config import InputConfig, ModelConfig
+from kseg.config import EStepConfig, InputConfig, ModelConfig
 from kseg.crf.dense import CRFParams
 from kseg.data import pipeline, records
 
@@ -38,13 +38,14 @@ def test_benchmark_crf_tiny():
 
 @pytest.mark.slow
 def test_benchmark_crf_tf_tiny():
+    # Two cores: the pool, the images in flight and the blocked single image all run.
     result = crf_tf_bench.benchmark_crf_tf(height=9, width=11, num_labels=3, rounds=1,
-                                           cores=(1,), params=FAST)
+                                           cores=(2,), params=FAST)
     [run] = result["runs"]
-    assert run["cores"] == 1 and "tf_batch" not in run
+    assert run["cores"] == 2 and {"tf_one_image", "tf_in_flight", "pydensecrf"} <= set(run)
     # Same model, two implementations: (almost) the same labels.
     assert run["label_agreement"] > 0.9
-    assert "1 core(s)" in crf_tf_bench.format_result(result)[1]
+    assert "2 core(s)" in crf_tf_bench.format_result(result)[1]
 
 
 @pytest.mark.slow  # traced training steps
@@ -58,6 +59,15 @@ def test_training_benchmarks_tiny(tiny_records):
     assert int(trainer.optimizer.iterations.numpy()) == 2  # warm-up + one round
     esteps = training_bench.estep_seconds(batch, 3, ("em_fixed", "em_adapt"), rounds=1)
     assert list(esteps) == ["em_fixed", "em_adapt"]
+    # --estep_crf: a second trainer, alternating with the first.
+    refined = training_bench.make_trainer(ModelConfig(num_classes=3, width=0.0625),
+                                          estep=EStepConfig(estep_crf=True))
+    weak = training_bench.with_kind(batch, "em_adapt")
+    times = training_bench.steps_seconds({"plain": (trainer, weak), "crf": (refined, weak)},
+                                         rounds=1, warmup=1)
+    assert set(times) == {"plain", "crf"} and int(refined.optimizer.iterations.numpy()) == 2
+    alone = training_bench.estep_crf_alone_seconds(batch, 3, rounds=1)
+    assert set(alone) == {"score_map", "input"} and min(alone.values()) > 0
 
     stream = pipeline.Stream(records.split_pattern(tiny_records, "train"), "strong", 2)
     rate = training_bench.pipeline_images_per_second(
@@ -67,3 +77,16 @@ def test_training_benchmarks_tiny(tiny_records):
     Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "JPEG")
     decoded = training_bench.jpeg_decode_seconds([buffer.getvalue()] * 2, rounds=1)
     assert set(decoded) == {"default", "accurate"}
+
+
+@pytest.mark.slow  # traces four functions: a training step and inference, with and without MSc
+def test_multiscale_benchmark_tiny():
+    r = training_bench.multiscale_seconds(width=0.0625, crop_size=17, rounds=1, warmup=1)
+    assert set(r) == {"train", "inference", "params"}
+    assert all(r[what][name] > 0 for what in ("train", "inference") for name in ("single", "msc"))
+    # The branches add 5 x 8 channels before fc8 and their own weights.
+    assert r["params"]["msc"] > r["params"]["single"] + 5 * 8 * 21
+    calls = []
+    times = training_bench.alternating_seconds({"a": lambda: calls.append("a"),
+                                                "b": lambda: calls.append("b")}, 2, 1)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and set(times) == {"a", "b"}

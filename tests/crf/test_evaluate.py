@@ -93,6 +93,17 @@ def test_tf_implementation_scores_as_pydensecrf(samples):
     assert (tf_labels != np.stack([s.probs.argmax(-1) for s in samples])).mean() > 0.001
 
 
+def test_tf_images_in_flight_keep_their_order_and_labels(samples):
+    """--crf_impl=tf --workers=3: three images at a time, yielded in order, labels as one
+    at a time (16 images: the last round is short)."""
+    setting = CRFSetting(FAST)
+    one = list(crf_eval.crf_predictions(samples, setting, workers=1, impl="tf"))
+    three = list(crf_eval.crf_predictions(iter(samples), setting, workers=3, impl="tf"))
+    assert [s.image_id for s, _ in three] == [s.image_id for s in samples]
+    for (_, a), (_, b) in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_unknown_implementation_is_rejected(samples):
     with pytest.raises(ValueError, match="--crf_impl must be one of pydensecrf, tf"):
         next(crf_eval.crf_predictions(samples, CRFSetting(FAST), impl="cuda"))

@@ -32,7 +32,9 @@ def test_shares_no_image_with_the_segmentation_set(tmp_path):
     images = np.concatenate([standin.load_split(str(root), s)[0] for s in ("train", "val")])
     labels = np.concatenate([standin.load_split(str(root), s)[1] for s in ("train", "val")])
     assert images.shape == (50, size, size, 3) and images.dtype == np.uint8
-    assert labels.min() >= 0 and labels.max() < standin.NUM_CLASSES
+    assert labels.shape == (50, standin.NUM_CLASSES) and set(np.unique(labels)) <= {0, 1}
+    # Every image names 1-4 classes.
+    assert ((labels.sum(1) >= 1) & (labels.sum(1) <= len(standin.OBJECT_COUNT_PROBS))).all()
     assert not _hashes(images) & _hashes(seg)
     # Not even the generators are shared: the first draws of image i differ.
     for i in range(10):
@@ -43,4 +45,14 @@ def test_shares_no_image_with_the_segmentation_set(tmp_path):
 def test_generation_is_deterministic():
     a = standin.render_example(standin.example_rng(3, "train", 5), 48)
     b = standin.render_example(standin.example_rng(3, "train", 5), 48)
-    assert a[1] == b[1] and np.array_equal(a[0], b[0])
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+
+
+def test_images_name_one_to_four_classes():
+    counts = []
+    for i in range(40):
+        image, labels = standin.render_example(standin.example_rng(0, "train", i), 64)
+        counts.append(labels.sum())
+        assert image.shape == (64, 64, 3) and labels.dtype == np.uint8
+    assert min(counts) >= 1 and max(counts) <= len(standin.OBJECT_COUNT_PROBS)
+    assert len(set(counts)) > 1  # images hold different numbers of classes

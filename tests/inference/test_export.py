@@ -265,3 +265,49 @@ def test_export_in_every_precision_and_with_xla(tmp_path, precision, jit_compile
     expected = segment_lib.segment(reference, tf.constant(images)).numpy()
     atol = 1e-5 if precision == "float32" else 0.02
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=atol)
+
+
+@pytest.mark.slow
+def test_multiscale_run_from_a_single_scale_run_evaluates_exports_and_predicts(
+        tiny_records, tmp_path):
+    """DeepLab-MSc as Chen et al. trained it (a trained single-scale run, its conv1-fc7
+    frozen, the branches and fc8 trained), then every path after training unchanged:
+    evaluation with and without the CRF, export (both signatures) and prediction."""
+    from kseg.data import embedded
+    from kseg.inference import predict
+
+    def tiny(name, multiscale, **extra):
+        return Experiment(
+            data=DataConfig(data_dir=tiny_records, batch_size=2, val_split=""),
+            model=ModelConfig(num_classes=6, width=0.0625, dropout=0.0, multiscale=multiscale),
+            input=InputConfig(num_classes=6, crop_size=33, seed=0, shuffle_buffer=8),
+            estep=EStepConfig(), optim=OptimConfig(optimizer="adam", freeze_backbone_steps=100),
+            loop=LoopConfig(model_dir=str(tmp_path / name), num_steps=2, image_every=0,
+                            checkpoint_input=False), **extra)
+
+    # The single-scale run: as training leaves it, untrained (the test is the path).
+    single = model.build_deeplab(tiny("single", False).model)
+    checkpoints.save_run_config(str(tmp_path / "single"), {
+        "model": dataclasses.asdict(tiny("single", False).model), "data_dir": tiny_records,
+        "class_names": list(embedded.EMBEDDED_CLASSES)})
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=single),
+                               str(tmp_path / "single" / "checkpoints"), 1).save()
+    experiment.run_training(tiny("msc", True, init_from=str(tmp_path / "single")))
+    network, config = experiment.load_network(str(tmp_path / "msc"))
+    assert config["model"]["multiscale"] is True and model.is_multiscale(network)
+    for name in model.BACKBONE_LAYERS:  # frozen for the whole run
+        np.testing.assert_array_equal(network.get_layer(name).kernel, single.get_layer(name).kernel)
+    assert np.any(network.get_layer("fc8").kernel[:, :, 64:])  # the branches' rows trained
+
+    plain, crf = experiment.evaluate_run_with_crf(str(tmp_path / "msc"), workers=1)
+    assert 0 <= plain["miou"] <= 1 and 0 <= crf["miou"] <= 1
+
+    path = export.export_run(str(tmp_path / "msc"), str(tmp_path / "export"))
+    loaded = tf.saved_model.load(path)
+    image = np.random.default_rng(0).integers(0, 256, (45, 61, 3), np.uint8)
+    expected = segment_lib.segment(network, tf.constant(image[None])).numpy()
+    served = loaded.signatures["serve_images"](images=tf.constant(image[None]))
+    encoded = loaded.signatures["serving_default"](images=tf.constant([_encode(image, "PNG")]))
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+    np.testing.assert_allclose(encoded["probabilities"], expected, atol=1e-5)
+    np.testing.assert_allclose(predict.SavedModelPredictor(path)(image), expected[0], atol=1e-5)

@@ -156,3 +156,37 @@ def test_fused_sgd_takes_keras_sgd_steps():
     out = [run(keras.optimizers.SGD(0.1, momentum=0.9)), run(trainer_lib.SGD(0.1, momentum=0.9))]
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer, precision", [
+    ("sgd", "float32"), ("adam", "float32"), ("sgd", "mixed_bfloat16"), ("sgd", "mixed_float16")])
+def test_frozen_backbone_stays_as_loaded_while_branches_and_fc8_train(optimizer, precision):
+    """--freeze_backbone_steps >= --num_steps on a DeepLab-MSc network: the way
+    Chen et al. trained the multi-scale branches on a trained single-scale network.
+    SGD is the fused one (trainer.SGD); mixed_float16 steps through the
+    LossScaleOptimizer; the branches compute in the policy's type."""
+    def step(freeze):
+        keras.utils.set_random_seed(0)
+        network = model_lib.build_deeplab(ModelConfig(num_classes=C, width=0.0625,
+                                                      multiscale=True, precision=precision))
+        compute = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                   "mixed_float16": "float16"}[precision]
+        assert network.get_layer("msc_concat").output.dtype == compute
+        before = {v.path: v.numpy().copy() for v in network.trainable_variables}
+        optim = OptimConfig(optimizer=optimizer, learning_rate=1e-2, freeze_backbone_steps=freeze)
+        trainer = trainer_lib.Trainer(network, optim_config=optim)
+        trainer.compile(optimizer=trainer_lib.make_optimizer(optim, precision))
+        trainer.train_step(synthetic_batch(2, 33, C))
+        assert int(trainer.optimizer.iterations.numpy()) == 1  # not a skipped float16 step
+        return {v.path: not np.array_equal(v.numpy(), before[v.path])
+                for v in network.trainable_variables}
+
+    moved = step(freeze=10)
+    backbone = {p for p in moved if p.split("/")[0] in model_lib.BACKBONE_LAYERS}
+    assert len(backbone) == 2 * len(model_lib.BACKBONE_LAYERS)
+    assert not any(moved[p] for p in backbone)
+    trained = set(moved) - backbone  # the branches and fc8, kernels and biases
+    assert {p.split("/")[0] for p in trained} == set(model_lib.MULTISCALE_LAYERS) | {"fc8"}
+    assert all(moved[p] for p in trained), sorted(p for p in trained if not moved[p])
+    # Without the freeze the same step moves conv1-fc7 too.
+    assert all(step(freeze=0).values())

@@ -1,0 +1,38 @@
+"""kseg/cli/results_table.py: the table of runs, with the CRF column and the MSc rows."""
+
+import json
+
+from kseg.cli import results_table
+
+
+def _row(flagfile, seed, miou, crf_miou=None):
+    row = {"name": flagfile.split("/")[-1][:-4], "flagfile": flagfile, "seed": seed,
+           "miou": miou, "pixel_accuracy": 0.9, "per_class_iou": [0.9, miou],
+           "class_names": ["background", "disc"], "seconds": "10"}
+    return row if crf_miou is None else {**row, "crf_miou": crf_miou}
+
+
+def test_crf_column_with_seed_means_and_the_papers_msc_figures():
+    rows = [_row("flags/strong.cfg", 0, 0.70, 0.74), _row("flags/strong.cfg", 1, 0.72, 0.78),
+            _row("flags/strong_msc.cfg", 0, 0.71, 0.75)]
+    lines = results_table.table(rows).splitlines()
+    assert lines[0] == ("| flagfile | seed | val mIoU | + CRF | paper | pixel acc. | "
+                        "background | disc | train s |")
+    assert lines[1] == "|---" * 9 + "|"
+    assert lines[2].startswith("| `flags/strong.cfg` | 0 | **70.0** | 74.0 | 67.6 | 90.0 |")
+    assert lines[4].startswith("| `flags/strong.cfg` | mean | **71.0** | 76.0 | 67.6 |")
+    assert lines[5].startswith(
+        "| `flags/strong_msc.cfg` | 0 | **71.0** | 75.0 | 70.3 -> 71.6 (test) |")
+    # Without CRF evaluations the table has no such column.
+    assert "+ CRF" not in results_table.table([_row("flags/strong.cfg", 0, 0.7)])
+
+
+def test_finished_runs_are_read_not_redone(tmp_path, monkeypatch):
+    run = tmp_path / "strong"
+    run.mkdir()
+    (run / "eval_val.json").write_text(json.dumps({"miou": 0.7}))
+    (run / "eval_val_crf.json").write_text(json.dumps({"miou": 0.75}))
+    monkeypatch.setattr(results_table.subprocess, "run", lambda *a, **k: 1 / 0)
+    result = results_table.train_and_evaluate("flags/strong.cfg", str(run), crf=True)
+    assert (result["miou"], result["crf_miou"], result["seconds"]) == (0.7, 0.75, "?")
+    assert "crf_miou" not in results_table.train_and_evaluate("flags/strong.cfg", str(run))
