@@ -29,7 +29,7 @@ def _experiment(records_dir, model_dir, num_steps, supervision="strong", **data)
         model=ModelConfig(num_classes=6, width=0.125, dropout=0.0),
         input=InputConfig(num_classes=6, crop_size=65, seed=0),
         estep=EStepConfig(),
-        optim=OptimConfig(optimizer="adam", learning_rate=3e-3,
+        optim=OptimConfig(optimizer="adam", learning_rate=1e-3,
                                     lr_decay_steps=10_000),
         loop=LoopConfig(model_dir=model_dir, num_steps=num_steps,
                                   steps_per_epoch=num_steps, log_every=50,
@@ -57,7 +57,8 @@ def test_strong_training_beats_all_background(tiny_records, tmp_path, absl_logs)
     background_only[:, 0] = confusion.sum(1)
     baseline = metrics.scores_from_confusion(background_only)["miou"]
     assert baseline < 0.15
-    # Measured 0.23 after 600 steps (64-pixel images learn slowly).
+    # Measured 0.208 after 600 steps at lr 1e-3 (64-pixel images learn slowly;
+    # at 3e-3 the same run once learned, 0.20, and once stalled at 0.15).
     assert result["miou"] > baseline + 0.05, (result["miou"], baseline)
     # All-background pixel accuracy is the background share, 0.7399 here.
     assert result["pixel_accuracy"] > confusion[0].sum() / confusion.sum()
