@@ -207,8 +207,10 @@ class Trainer(keras.Model):
         if self.optim_config.freeze_backbone_steps:
             # A zero gradient from the first step on is an exact freeze for SGD
             # (momentum 0) and Adam (moments 0): the frozen weights do not move.
-            open_ = tf.cast(step >= self.optim_config.freeze_backbone_steps, tf.float32)
-            grads = [g * tf.cast(open_, g.dtype) if is_backbone(v) else g
+            # tf.where, not a product: an overflowed (inf) float16 gradient of
+            # a frozen layer must not turn into NaN and skip the whole step.
+            open_ = step >= self.optim_config.freeze_backbone_steps
+            grads = [tf.where(open_, g, tf.zeros_like(g)) if is_backbone(v) else g
                      for g, v in zip(grads, variables)]
         self.optimizer.apply(grads, variables)
 
