@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 
 import pytest
@@ -9,11 +10,15 @@ import pytest
 import kseg
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(kseg.__path__, "kseg."))
+# Modules that need an optional extra (`[bench]`: torch); walked only where it is installed.
+OPTIONAL = {"kseg.benchmarks.torch_reference": "torch"}
 
 
 def _with_examples():
     finder = doctest.DocTestFinder()
     for name in MODULES:
+        if name in OPTIONAL and importlib.util.find_spec(OPTIONAL[name]) is None:
+            continue
         module = importlib.import_module(name)
         if any(test.examples for test in finder.find(module)):
             yield name
