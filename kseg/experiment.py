@@ -174,10 +174,7 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
                           init_val_top1=pretrain.backbone_info(init)["val_top1"])
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        network = model_lib.build_deeplab(exp.model)
-        model_lib.initialise(network, exp.model.fov, init)
-        if exp.init_from:
-            init_from_run(network, exp.init_from, exp.reset_classifier)
+        network = initial_network(exp, init)
         trainer = trainer_lib.Trainer(network, exp.estep, exp.optim, seed=exp.seed)
         trainer.compile(optimizer=trainer_lib.make_optimizer(exp.optim, exp.model.precision))
     dataset = pipeline.train_dataset(streams, exp.input)
@@ -187,6 +184,16 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
                                     len(info["eval_class_names"]), info["label_map"])
     return loop.train(trainer, dataset, exp.loop, evaluate_fn, strategy, on_restored=lambda: (
         checkpoints.save_run_config(exp.loop.model_dir, run_config, other_files)))
+
+
+def initial_network(exp: Experiment, init: str) -> keras.Model:
+    """The network a run of `exp` starts from: built, `init` (as
+    `resolve_init` returns it) applied, then `exp.init_from`'s weights."""
+    network = model_lib.build_deeplab(exp.model)
+    model_lib.initialise(network, exp.model.fov, init)
+    if exp.init_from:
+        init_from_run(network, exp.init_from, exp.reset_classifier)
+    return network
 
 
 EMBEDDED_IMAGENET = "embedded_imagenet"

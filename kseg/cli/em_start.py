@@ -1,0 +1,108 @@
+"""Can EM start from this network, and has a run collapsed? (docs/pretraining.md)
+
+    python scripts/em_start.py --flagfile=flags/em_adapt.cfg [--run=DIR] [--num_images=50]
+
+Builds the network a run of the flagfile starts from (its --init: conv1-fc7
+pretrained, fc8 fresh; or, with --run, a run's newest checkpoint), runs the
+flagfile's image-label E-step (em_fixed or em_adapt, with its settings) on the
+first annotated images of --split, and prints
+
+- how the E-step's targets match the masks: mIoU, foreground precision
+  against its chance level (the foreground share), right-class precision.
+  EM can only improve on targets better than chance;
+- each layer's input dependence: the share of its activation variance that
+  changes with the image (0: the same maps for every image, a collapsed run).
+
+The masks give the image labels and score the targets here; training never
+reads them.
+"""
+
+import numpy as np
+from absl import flags
+
+from kseg.cli import app as cli_app
+from kseg.cli import flags as cli_flags
+
+FLAGS = flags.FLAGS
+
+# Below this, a layer computes (nearly) the same maps for every image.
+COLLAPSED = 0.01
+# Foreground precision this far above the foreground share counts as a signal.
+SIGNAL = 0.05
+
+
+def define_flags():
+    """Defines this command's flags (in absl's global FLAGS)."""
+    cli_flags.define_experiment_flags()
+    flags.DEFINE_string("run", None, "Measure this run's newest checkpoint instead of the "
+                        "flagfile's starting network.")
+    flags.DEFINE_string("split", "val", "Annotated split whose first images are measured.")
+    flags.DEFINE_integer("num_images", 50, "How many images.", lower_bound=2)
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from kseg import experiment
+    from kseg.data import pipeline, records
+    from kseg.em import diagnostics
+
+    exp = cli_flags.experiment_from_flags(model_dir="")
+    kind = exp.data.supervision
+    if kind not in ("em_fixed", "em_adapt"):
+        raise SystemExit(f"--supervision={kind}: em_start measures the image-label E-steps "
+                         "(em_fixed, em_adapt)")
+    keras.utils.set_random_seed(exp.seed)
+    if FLAGS.run:
+        network, _ = experiment.load_network(FLAGS.run)
+        source = f"run {FLAGS.run}"
+    else:
+        init = experiment.resolve_init(exp.init, exp.model)
+        network = experiment.initial_network(exp, init)
+        source = f"--init={exp.init}" + (f" ({init})" if init != exp.init else "")
+    data_dir = experiment.resolve_data_dir(exp.data)
+    dataset = pipeline.eval_dataset(records.split_pattern(data_dir, FLAGS.split))
+    examples = [(e["image"].numpy(), e["label"].numpy())
+                for e in dataset.take(FLAGS.num_images)]
+    images, labels = [e[0] for e in examples], [e[1] for e in examples]
+    num_classes = network.output_shape[-1]
+
+    settings = (f"fg_portion {exp.estep.fg_portion}, bg_portion {exp.estep.bg_portion}"
+                if kind == "em_adapt" else
+                f"fg_bias {exp.estep.fg_bias}, bg_bias {exp.estep.bg_bias}")
+    print(f"{kind} E-step ({settings}) from {source}, on {len(images)} {FLAGS.split} images:")
+    targets = diagnostics.estep_targets(network, images, labels, kind, exp.estep, exp.seed)
+    small = [label[::8, ::8][:t.shape[0], :t.shape[1]] for label, t in zip(labels, targets)]
+    quality = diagnostics.target_quality(targets, small, num_classes)
+    print(f"  targets: mIoU {100 * quality['miou']:.1f}%, foreground precision "
+          f"{100 * quality['fg_precision']:.1f}% (chance, the foreground share: "
+          f"{100 * quality['fg_share']:.1f}%), right class {100 * quality['class_precision']:.1f}%")
+
+    height = min(i.shape[0] for i in images)
+    width = min(i.shape[1] for i in images)
+    batch = np.stack([i[:height, :width] for i in images])  # (N, H, W, 3)
+    names = [layer.name for layer in network.layers if getattr(layer, "kernel", None) is not None]
+    dependence = [diagnostics.input_dependence(a)
+                  for a in diagnostics.layer_activations(network, batch, names)]
+    print("  input dependence (share of activation variance that changes with the image):")
+    for start in range(0, len(names), 6):
+        print("    " + "  ".join(f"{n} {d:.2f}" for n, d in
+                                 zip(names[start:start + 6], dependence[start:start + 6])))
+    collapsed = [n for n, d in zip(names, dependence) if d < COLLAPSED]
+    if collapsed:
+        print(f"  collapsed: from {collapsed[0]} on, the network computes nearly the same maps "
+              "for every image")
+    if quality["fg_precision"] < quality["fg_share"] + SIGNAL:
+        print("  no signal: the targets put objects on objects no more often than chance; EM "
+              "has nothing to improve on (docs/pretraining.md)")
+
+
+def run():
+    """The command: its flags, then `main`."""
+    define_flags()
+    cli_app.run(main)
+
+
+if __name__ == "__main__":
+    run()

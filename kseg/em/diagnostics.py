@@ -1,0 +1,143 @@
+"""Can EM start from this network, and has a run collapsed? (docs/pretraining.md)
+
+Two measurements on annotated held-out images, for diagnosis only (training
+never reads them):
+
+- `target_quality`: how well the E-step's targets, computed from a network's
+  scores and the images' labels, match the masks. EM from image labels
+  improves on its own targets only if its first ones, from the initial
+  network (pretrained conv1-fc7, fresh fc8), put the objects' labels on the
+  objects more often than chance: a foreground precision above the
+  foreground share.
+- `input_dependence`: the share of a layer's activation variance that
+  changes with the image. A run that has settled in a content-free fixed
+  point computes the same maps for every image: its layers from some depth
+  on have an input dependence of 0.
+
+Numpy only, except `layer_activations` and `estep_targets`, which run a
+network and the E-step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from kseg.constants import IGNORE_LABEL
+
+
+def input_dependence(activations: np.ndarray) -> float:
+    """Share of the variance of `activations` that changes with the image.
+
+    activations: (N, ..., C) of N different images, same size. Per channel,
+    the variance over images and positions splits into the mean over
+    positions of the variance across images (what the image changes) and the
+    variance over positions of the mean image (a fixed spatial pattern). The
+    result is the first part over the whole, summed over channels: 1 when
+    the mean image is flat, 0 when every image gives the same maps (also for
+    a layer that is constant everywhere, e.g. all dead ReLUs).
+
+    >>> x = np.random.default_rng(0).normal(size=(4, 3, 3, 2))
+    >>> input_dependence(np.broadcast_to(x[:1], x.shape))  # same maps for every image
+    0.0
+    >>> round(input_dependence(np.broadcast_to(x[:, :1, :1], x.shape)), 6)  # flat per image
+    1.0
+    """
+    a = np.asarray(activations, np.float64)
+    a = a.reshape(a.shape[0], -1, a.shape[-1])  # (N, P, C)
+    across = a.var(axis=0).mean(axis=0).sum()  # sum over C of mean over P of var over N
+    total = a.reshape(-1, a.shape[-1]).var(axis=0).sum()  # sum over C of var over N and P
+    return float(across / total) if total > 0 else 0.0
+
+
+def target_quality(targets: Iterable[np.ndarray], labels: Iterable[np.ndarray],
+                   num_classes: int) -> dict:
+    """E-step targets against the masks of the same images.
+
+    targets, labels: matching (h, w) int arrays (one image each, 255 =
+    ignored in either). Returns a dict of
+      fg_share: share of ground-truth foreground among the counted pixels,
+        i.e. the foreground precision of targets that ignore the image;
+      fg_precision: of the pixels the targets call foreground, the share
+        that is foreground;
+      class_precision: of those, the share with the right class;
+      miou: the targets' mIoU (kseg.evaluation.metrics; classes present in
+        either).
+
+    >>> t = [np.array([[0, 1], [1, 2]])]; y = [np.array([[0, 1], [0, 1]])]
+    >>> q = target_quality(t, y, 3)
+    >>> q["fg_share"], q["fg_precision"], round(q["class_precision"], 3)
+    (0.5, 0.667, 0.333)
+    """
+    from kseg.evaluation import metrics
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    counted = fg_true = fg_pred = fg_hit = class_hit = 0
+    for target, label in zip(targets, labels):
+        target, label = np.asarray(target), np.asarray(label)
+        keep = (target != IGNORE_LABEL) & (label != IGNORE_LABEL)
+        t, y = target[keep], label[keep]
+        counted += t.size
+        fg_true += np.sum(y > 0)
+        fg_pred += np.sum(t > 0)
+        fg_hit += np.sum((t > 0) & (y > 0))
+        class_hit += np.sum((t > 0) & (t == y))
+        confusion += metrics.confusion_matrix(y, t, num_classes)
+    ratio = lambda a, b: round(float(a / b), 3) if b else 0.0  # noqa: E731
+    return {"fg_share": ratio(fg_true, counted), "fg_precision": ratio(fg_hit, fg_pred),
+            "class_precision": ratio(class_hit, fg_pred),
+            "miou": metrics.scores_from_confusion(confusion)["miou"]}
+
+
+def image_labels(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) float32 multi-hot of the classes in a mask (255 ignored)."""
+    present = np.unique(label[label != IGNORE_LABEL])
+    out = np.zeros(num_classes, np.float32)
+    out[present] = 1.0
+    return out
+
+
+def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                  kind: str, estep_config, seed: int = 0) -> list[np.ndarray]:
+    """The E-step of `kind` ("em_fixed" or "em_adapt") on whole images.
+
+    images: (H, W, 3) uint8 each; labels: (H, W) masks, read for the image
+    labels only (and as the valid region: 255 stays out of the E-step).
+    Returns the (h, w) targets at score-map resolution (pixel (8i, 8j)),
+    with the matching labels `label[::8, ::8]` being what they compare to.
+    """
+    import tensorflow as tf
+
+    from kseg import model as model_lib
+    from kseg.constants import KIND_ID, STRIDE
+    from kseg.em import targets as targets_lib
+
+    if kind not in ("em_fixed", "em_adapt"):
+        raise ValueError(f"the E-step diagnosis covers the image-label E-steps (em_fixed, "
+                         f"em_adapt), not {kind!r}")
+    out = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        scores = network(model_lib.preprocess(tf.constant(image[None])), training=False)
+        h, w = scores.shape[1:3]  # (1, h, w, C)
+        small = np.asarray(label)[::STRIDE, ::STRIDE][:h, :w]  # (h, w)
+        batch = {"kind": tf.constant([KIND_ID[kind]]),
+                 "label": tf.fill([1, h, w], IGNORE_LABEL),
+                 "valid": tf.constant(small[None] != IGNORE_LABEL),
+                 "image_labels": tf.constant(image_labels(small, scores.shape[-1])[None]),
+                 "box_mask": tf.zeros([1, h, w, scores.shape[-1]], tf.bool),
+                 "image": tf.zeros([1, 1, 1, 3])}
+        target, _ = targets_lib.compute_targets(scores, batch, estep_config,
+                                                seed=tf.constant([seed, i]))
+        out.append(target[0].numpy())
+    return out
+
+
+def layer_activations(network, images: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+    """(N, h, w, C) outputs of the named layers for (N, H, W, 3) uint8 images."""
+    import keras
+    import tensorflow as tf
+
+    from kseg import model as model_lib
+    probe = keras.Model(network.input, [network.get_layer(n).output for n in names])
+    outputs = probe(model_lib.preprocess(tf.constant(images)), training=False)
+    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
