@@ -33,26 +33,36 @@ def define_flags():
     flags.DEFINE_multi_string("extra", [], "Extra flags passed to every train.py run.")
 
 
-def main(argv):
-    del argv
-    curves = {}
-    for flagfile in (FLAGS.semi_flagfile, FLAGS.strong_flagfile):
+def curves(flagfiles, numbers, runs_dir: str, flagfile_num_strong: int, extra=()) -> dict:
+    """{flagfile name: [(number of strong images, val mIoU %), ...]}, numbers
+    increasing; trains (or reuses) <runs_dir>/<name>_n<N>, and
+    <runs_dir>/<name> for the flagfiles' own number."""
+    out = {}
+    for flagfile in flagfiles:
         name = os.path.splitext(os.path.basename(flagfile))[0]
-        for n in map(int, FLAGS.num_strong):
-            model_dir = os.path.join(FLAGS.runs_dir, name if n == FLAGS.flagfile_num_strong
+        for n in sorted(set(numbers)):
+            model_dir = os.path.join(runs_dir, name if n == flagfile_num_strong
                                      else f"{name}_n{n}")
             result = results_table.train_and_evaluate(flagfile, model_dir,
-                                                      [f"--num_strong={n}", *FLAGS.extra])
-            curves.setdefault(name, []).append((n, 100 * result["miou"]))
+                                                      [f"--num_strong={n}", *extra])
+            out.setdefault(name, []).append((n, 100 * result["miou"]))
+    return out
+
+
+def main(argv):
+    del argv
+    numbers = sorted(set(map(int, FLAGS.num_strong)))
+    results = curves((FLAGS.semi_flagfile, FLAGS.strong_flagfile), numbers, FLAGS.runs_dir,
+                     FLAGS.flagfile_num_strong, FLAGS.extra)
     os.makedirs(os.path.dirname(FLAGS.sweep_out) or ".", exist_ok=True)
-    names = list(curves)
+    names = list(results)
     lines = ["| strong images | " + " | ".join(f"`{n}` mIoU" for n in names) + " |",
              "|---" * (len(names) + 1) + "|"]
-    for i, n in enumerate(map(int, FLAGS.num_strong)):
-        lines.append(f"| {n} | " + " | ".join(f"{curves[k][i][1]:.1f}" for k in names) + " |")
+    for i, n in enumerate(numbers):
+        lines.append(f"| {n} | " + " | ".join(f"{results[k][i][1]:.1f}" for k in names) + " |")
     files.write_text(FLAGS.sweep_out + ".md", "Written by `python scripts/strong_sweep.py`: "
                      "embedded val mIoU (no CRF).\n\n" + "\n".join(lines) + "\n")
-    files.write_json(FLAGS.sweep_out + ".json", curves)
+    files.write_json(FLAGS.sweep_out + ".json", results)
     print("\n".join(lines))
     try:
         import matplotlib
@@ -64,7 +74,7 @@ def main(argv):
     figure, axes = pyplot.subplots(figsize=(5, 3.5), dpi=120)
     labels = {"semi_em_fixed": "EM-Fixed (semi): strong + the rest image labels",
               "strong_subset": "strong images alone"}
-    for name, points in curves.items():
+    for name, points in results.items():
         axes.plot(*zip(*points), marker="o", label=labels.get(name, name))
     axes.set_xlabel("strong (pixel-annotated) training images of 1000")
     axes.set_ylabel("val mIoU (%), no CRF")

@@ -1,6 +1,7 @@
 """kseg/cli/results_table.py: the table of runs, with the CRF column and the MSc rows."""
 
 import json
+import os
 
 from kseg.cli import results_table
 
@@ -36,3 +37,20 @@ def test_finished_runs_are_read_not_redone(tmp_path, monkeypatch):
     result = results_table.train_and_evaluate("flags/strong.cfg", str(run), crf=True)
     assert (result["miou"], result["crf_miou"], result["seconds"]) == (0.7, 0.75, "?")
     assert "crf_miou" not in results_table.train_and_evaluate("flags/strong.cfg", str(run))
+
+
+def test_strong_sweep_orders_the_numbers_and_shares_the_flagfiles_runs(tmp_path, monkeypatch):
+    from kseg.cli import strong_sweep
+    calls = []
+
+    def fake(flagfile, model_dir, extra=(), seed=0, crf=False):
+        calls.append(os.path.relpath(model_dir, tmp_path))
+        n = int(extra[0].split("=")[1])
+        return {"miou": n / 1000 + (0.1 if "semi" in flagfile else 0.0)}
+    monkeypatch.setattr(strong_sweep.results_table, "train_and_evaluate", fake)
+    out = strong_sweep.curves(["flags/semi_em_fixed.cfg", "flags/strong_subset.cfg"],
+                              [200, 20, 100, 20], str(tmp_path), 100)
+    assert calls == ["semi_em_fixed_n20", "semi_em_fixed", "semi_em_fixed_n200",
+                     "strong_subset_n20", "strong_subset", "strong_subset_n200"]
+    assert out["strong_subset"] == [(20, 2.0), (100, 10.0), (200, 20.0)]
+    assert [n for n, _ in out["semi_em_fixed"]] == [20, 100, 200]
