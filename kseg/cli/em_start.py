@@ -73,7 +73,7 @@ def main(argv):
                 f"fg_bias {exp.estep.fg_bias}, bg_bias {exp.estep.bg_bias}")
     print(f"{kind} E-step ({settings}) from {source}, on {len(images)} {FLAGS.split} images:")
     targets = diagnostics.estep_targets(network, images, labels, kind, exp.estep, exp.seed)
-    small = [label[::8, ::8][:t.shape[0], :t.shape[1]] for label, t in zip(labels, targets)]
+    small = [diagnostics.at_score_map(label, *t.shape) for label, t in zip(labels, targets)]
     quality = diagnostics.target_quality(targets, small, num_classes)
     print(f"  targets: mIoU {100 * quality['miou']:.1f}%, foreground precision "
           f"{100 * quality['fg_precision']:.1f}% (chance, the foreground share: "

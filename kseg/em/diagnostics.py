@@ -97,6 +97,12 @@ def image_labels(label: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def at_score_map(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) mask -> its (height, width) pixels at the score map's positions (8i, 8j)."""
+    from kseg.constants import STRIDE
+    return np.asarray(label)[::STRIDE, ::STRIDE][:height, :width]
+
+
 def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                   kind: str, estep_config, seed: int = 0) -> list[np.ndarray]:
     """The E-step of `kind` ("em_fixed" or "em_adapt") on whole images.
@@ -104,12 +110,12 @@ def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.nda
     images: (H, W, 3) uint8 each; labels: (H, W) masks, read for the image
     labels only (and as the valid region: 255 stays out of the E-step).
     Returns the (h, w) targets at score-map resolution (pixel (8i, 8j)),
-    with the matching labels `label[::8, ::8]` being what they compare to.
+    with `at_score_map` of the labels being what they compare to.
     """
     import tensorflow as tf
 
     from kseg import model as model_lib
-    from kseg.constants import KIND_ID, STRIDE
+    from kseg.constants import KIND_ID
     from kseg.em import targets as targets_lib
 
     if kind not in ("em_fixed", "em_adapt"):
@@ -119,7 +125,7 @@ def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.nda
     for i, (image, label) in enumerate(zip(images, labels)):
         scores = network(model_lib.preprocess(tf.constant(image[None])), training=False)
         h, w = scores.shape[1:3]  # (1, h, w, C)
-        small = np.asarray(label)[::STRIDE, ::STRIDE][:h, :w]  # (h, w)
+        small = at_score_map(label, h, w)  # (h, w)
         batch = {"kind": tf.constant([KIND_ID[kind]]),
                  "label": tf.fill([1, h, w], IGNORE_LABEL),
                  "valid": tf.constant(small[None] != IGNORE_LABEL),
