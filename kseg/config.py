@@ -294,15 +294,15 @@ class PretrainConfig:
     width: float = setting(0.125, "Channel width multiplier of the pretrained network.")
     fov: str = setting("large", "fc6 field of view of the pretrained network.", tuple(FOVS))
     dropout: float = setting(0.2, "Dropout after fc6 and fc7 while pretraining.")
-    num_steps: int = setting(1200, "Classification training steps.")
-    batch_size: int = setting(16, "Images per pretraining batch.")
+    num_steps: int = setting(3000, "Classification training steps.")
+    batch_size: int = setting(32, "Images per pretraining batch.")
     learning_rate: float = setting(1e-3, "Adam learning rate of the pretraining.")
-    lr_decay_steps: int = setting(900, "Multiply the pretraining rate by 0.1 after this "
+    lr_decay_steps: int = setting(2250, "Multiply the pretraining rate by 0.1 after this "
                                        "many steps.")
     seed: int = setting(0, "Random seed of the pretraining.")
     num_train: int = setting(8000, "Stand-in training images.")
     num_val: int = setting(1000, "Stand-in held-out images.")
-    image_size: int = setting(128, "Stand-in image side.")
+    image_size: int = setting(64, "Stand-in image side.")
 
 
 # The Cross-Joint dataset's settings when its flags are not given: 5 + 5 images

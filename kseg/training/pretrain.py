@@ -33,7 +33,7 @@ from kseg.data import embedded, standin
 from kseg.utils import files
 
 # Bump when the pretraining recipe changes, so cached backbones are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def classifier(config: PretrainConfig, num_classes: int) -> tuple[keras.Model, keras.Model]:
