@@ -1,6 +1,7 @@
 """Can EM start from this network, and has a run collapsed? (docs/pretraining.md)
 
     python scripts/em_start.py --flagfile=flags/em_adapt.cfg [--run=DIR] [--num_images=50]
+        [--num_train_images=300] [--frozen_steps=2000]
 
 Builds the network a run of the flagfile starts from (its --init: conv1-fc7
 pretrained, fc8 fresh; or, with --run, a run's newest checkpoint), runs the
@@ -8,8 +9,13 @@ flagfile's image-label E-step (em_fixed or em_adapt, with its settings) on the
 first annotated images of --split, and prints
 
 - how the E-step's targets match the masks: mIoU, foreground precision
-  against its chance level (the foreground share), right-class precision.
-  EM can only improve on targets better than chance;
+  against its chance level (the foreground share), right-class precision;
+- fc8 alone on the network's fixed features, trained on --num_train_images
+  train images by the E-step from their image labels (--frozen_steps), and
+  by least squares on their masks (what the features allow): the val mIoU of
+  each, against calling every pixel background. This decides whether EM can
+  start: a fresh fc8's first targets are near chance even on features EM
+  learns well from (docs/pretraining.md);
 - each layer's input dependence: the share of its activation variance that
   changes with the image (0: the same maps for every image, a collapsed run).
 
@@ -27,7 +33,8 @@ FLAGS = flags.FLAGS
 
 # Below this, a layer computes (nearly) the same maps for every image.
 COLLAPSED = 0.01
-# Foreground precision this far above the foreground share counts as a signal.
+# fc8 trained by the E-step on the frozen features must beat calling every
+# pixel background by this much (mIoU) for EM to have something to learn from.
 SIGNAL = 0.05
 
 
@@ -38,6 +45,10 @@ def define_flags():
                         "flagfile's starting network.")
     flags.DEFINE_string("split", "val", "Annotated split whose first images are measured.")
     flags.DEFINE_integer("num_images", 50, "How many images.", lower_bound=2)
+    flags.DEFINE_integer("num_train_images", 300, "Train images that fc8 is fitted on, on "
+                         "the frozen features.", lower_bound=2)
+    flags.DEFINE_integer("frozen_steps", 2000, "E-step / Adam steps of fc8 on the frozen "
+                         "features.", lower_bound=1)
 
 
 def main(argv):
@@ -62,10 +73,13 @@ def main(argv):
         network = experiment.initial_network(exp, init)
         source = f"--init={exp.init}" + (f" ({init})" if init != exp.init else "")
     data_dir = experiment.resolve_data_dir(exp.data)
-    dataset = pipeline.eval_dataset(records.split_pattern(data_dir, FLAGS.split))
-    examples = [(e["image"].numpy(), e["label"].numpy())
-                for e in dataset.take(FLAGS.num_images)]
-    images, labels = [e[0] for e in examples], [e[1] for e in examples]
+
+    def read(split, count):
+        dataset = pipeline.eval_dataset(records.split_pattern(data_dir, split))
+        examples = [(e["image"].numpy(), e["label"].numpy()) for e in dataset.take(count)]
+        return [e[0] for e in examples], [e[1] for e in examples]
+
+    images, labels = read(FLAGS.split, FLAGS.num_images)
     num_classes = network.output_shape[-1]
 
     settings = (f"fg_portion {exp.estep.fg_portion}, bg_portion {exp.estep.bg_portion}"
@@ -82,6 +96,8 @@ def main(argv):
     height = min(i.shape[0] for i in images)
     width = min(i.shape[1] for i in images)
     batch = np.stack([i[:height, :width] for i in images])  # (N, H, W, 3)
+    frozen = frozen_fc8(network, kind, exp, read("train", FLAGS.num_train_images),
+                        (batch, [label[:height, :width] for label in labels]), num_classes)
     names = [layer.name for layer in network.layers if getattr(layer, "kernel", None) is not None]
     dependence = [diagnostics.input_dependence(a)
                   for a in diagnostics.layer_activations(network, batch, names)]
@@ -93,9 +109,40 @@ def main(argv):
     if collapsed:
         print(f"  collapsed: from {collapsed[0]} on, the network computes nearly the same maps "
               "for every image")
-    if quality["fg_precision"] < quality["fg_share"] + SIGNAL:
-        print("  no signal: the targets put objects on objects no more often than chance; EM "
-              "has nothing to improve on (docs/pretraining.md)")
+    if frozen["em"] < frozen["background"] + SIGNAL:
+        print("  no signal: fc8 trained by the E-step on these features does no better than "
+              "calling every pixel background; EM has nothing to learn from "
+              "(docs/pretraining.md)")
+
+
+def frozen_fc8(network, kind, exp, train, val, num_classes) -> dict:
+    """Fits fc8 alone on the network's features of the `train` (images, masks)
+    by the E-step and by least squares, prints and returns the val mIoUs."""
+    from kseg.em import diagnostics
+
+    def features(images, masks):
+        height = min(i.shape[0] for i in images)
+        width = min(i.shape[1] for i in images)
+        x = diagnostics.classifier_features(
+            network, np.stack([i[:height, :width] for i in images]))  # (N, h, w, F)
+        y = np.stack([diagnostics.at_score_map(m[:height, :width], *x.shape[1:3])
+                      for m in masks])  # (N, h, w)
+        return x, y
+
+    x, y = features(*train)
+    val_x, val_y = features(*val)
+    em = diagnostics.frozen_em(x, y, num_classes, kind, exp.estep, FLAGS.frozen_steps,
+                               seed=exp.seed)
+    probe = diagnostics.linear_probe(x, y, num_classes)
+    background = (np.zeros((x.shape[-1], num_classes)), np.eye(num_classes)[0])
+    result = {name: diagnostics.classifier_miou(val_x, val_y, *fc8)
+              for name, fc8 in (("em", em), ("probe", probe), ("background", background))}
+    print(f"  fc8 alone on the frozen features, fitted on {len(x)} train images, val mIoU: "
+          f"by the E-step from image labels ({FLAGS.frozen_steps} steps) "
+          f"{100 * result['em']:.1f}%; on the masks (least squares, what the features "
+          f"allow) {100 * result['probe']:.1f}%; every pixel background "
+          f"{100 * result['background']:.1f}%")
+    return result
 
 
 def run():

@@ -1,21 +1,28 @@
 """Can EM start from this network, and has a run collapsed? (docs/pretraining.md)
 
-Two measurements on annotated held-out images, for diagnosis only (training
-never reads them):
+Measurements on annotated images, for diagnosis only (training never reads
+them):
 
 - `target_quality`: how well the E-step's targets, computed from a network's
   scores and the images' labels, match the masks. EM from image labels
   improves on its own targets only if its first ones, from the initial
   network (pretrained conv1-fc7, fresh fc8), put the objects' labels on the
   objects more often than chance: a foreground precision above the
-  foreground share.
+  foreground share. (Measured: a fresh fc8's targets are near chance even
+  on features EM learns well from; `frozen_em` is the test that decides.)
+- `frozen_em` and `linear_probe`: fc8 alone, trained on a network's fixed
+  features (those fc8 reads) by the E-step from the image labels, and by
+  least squares on the masks (what the features allow at best). EM can
+  start from the features when the first is well above predicting
+  background everywhere; the whole network fine-tuned does no better on
+  features where fc8 alone learns nothing.
 - `input_dependence`: the share of a layer's activation variance that
   changes with the image. A run that has settled in a content-free fixed
   point computes the same maps for every image: its layers from some depth
   on have an input dependence of 0.
 
-Numpy only, except `layer_activations` and `estep_targets`, which run a
-network and the E-step.
+Numpy only, except `layer_activations`, `classifier_features`,
+`estep_targets` and `frozen_em`, which run a network or the E-step.
 """
 
 from __future__ import annotations
@@ -147,3 +154,111 @@ def layer_activations(network, images: np.ndarray, names: Sequence[str]) -> list
     probe = keras.Model(network.input, [network.get_layer(n).output for n in names])
     outputs = probe(model_lib.preprocess(tf.constant(images)), training=False)
     return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+
+def classifier_features(network, images: np.ndarray) -> np.ndarray:
+    """(N, h, w, F) float32: what the classifier (fc8) reads, for (N, H, W, 3)
+    uint8 images."""
+    import keras
+    import tensorflow as tf
+
+    from kseg import model as model_lib
+    from kseg.constants import CLASSIFIER
+    probe = keras.Model(network.input, network.get_layer(CLASSIFIER).input)
+    return np.concatenate([np.asarray(probe(model_lib.preprocess(tf.constant(images[i:i + 10])),
+                                            training=False), np.float32)
+                           for i in range(0, len(images), 10)])
+
+
+def classifier_miou(features: np.ndarray, masks: np.ndarray, kernel: np.ndarray,
+                    bias: np.ndarray) -> float:
+    """mIoU of a linear classifier on features (N, h, w, F) against masks
+    (N, h, w) (255 ignored); kernel (F, C), bias (C,)."""
+    from kseg.evaluation import metrics
+    prediction = np.argmax(features @ kernel + bias, axis=-1)  # (N, h, w)
+    confusion = metrics.confusion_matrix(masks, prediction, len(bias))
+    return metrics.scores_from_confusion(confusion)["miou"]
+
+
+def linear_probe(features: np.ndarray, masks: np.ndarray, num_classes: int,
+                 l2: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The least-squares linear classifier of the masks from the features:
+    ridge regression onto one-hot labels, classes weighted equally (each
+    class's pixels weigh 1 / its count), on standardised features.
+
+    features: (N, h, w, F); masks: (N, h, w), 255 ignored. Returns kernel
+    (F, C) and bias (C,) on the raw features.
+
+    >>> x = np.array([[[[0.0], [1.0]]]]); y = np.array([[[0, 1]]])
+    >>> k, b = linear_probe(x, y, 2, l2=1e-6)
+    >>> np.argmax(x @ k + b, axis=-1).tolist()
+    [[[0, 1]]]
+    """
+    x = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    y = masks.reshape(-1)
+    keep = y != IGNORE_LABEL
+    x, y = x[keep], y[keep]
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x1 = np.hstack([(x - mean) / std, np.ones((len(x), 1))])  # (P, F + 1)
+    weight = 1.0 / np.bincount(y, minlength=num_classes)[y]  # (P,)
+    gram = (x1 * weight[:, None]).T @ x1
+    ridge = l2 * weight.sum() / len(weight) * np.eye(len(gram))
+    solution = np.linalg.solve(gram + ridge, (x1 * weight[:, None]).T @ np.eye(num_classes)[y])
+    kernel = solution[:-1] / std[:, None]  # (F, C)
+    bias = solution[-1] - mean @ kernel  # (C,)
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def frozen_em(features: np.ndarray, masks: np.ndarray, num_classes: int, kind: str,
+              estep_config, num_steps: int = 2000, batch_size: int = 10,
+              learning_rate: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """fc8 alone trained by an image-label E-step on fixed features.
+
+    A fresh linear classifier (fc8's initialisation: normal, std 0.01; zero
+    bias) alternates, on random batches, the E-step of `kind` ("em_fixed" or
+    "em_adapt", with `estep_config`, through the training path
+    `kseg.em.targets.compute_targets`) on its own scores and a step of Adam
+    on the softmax loss against the targets: training with conv1-fc7 frozen.
+    The masks give the image labels only; every pixel counts in the E-step,
+    as in training, which never sees a mask.
+
+    features: (N, h, w, F); masks: (N, h, w). Returns kernel (F, C), bias (C,).
+    """
+    import keras
+    import tensorflow as tf
+
+    from kseg.constants import KIND_ID
+    from kseg.em import targets as targets_lib
+
+    if kind not in ("em_fixed", "em_adapt"):
+        raise ValueError(f"frozen_em runs the image-label E-steps (em_fixed, em_adapt), "
+                         f"not {kind!r}")
+    n, h, w, depth = features.shape
+    labels = np.stack([image_labels(m, num_classes) for m in masks])  # (N, C)
+    kernel = tf.Variable(tf.random.stateless_normal([depth, num_classes], [seed, 1],
+                                                    stddev=0.01))
+    bias = tf.Variable(tf.zeros([num_classes]))
+    optimizer = keras.optimizers.Adam(learning_rate)
+
+    @tf.function
+    def step(x, present, step_seed):
+        size = tf.shape(x)[0]
+        batch = {"kind": tf.fill([size], KIND_ID[kind]),
+                 "label": tf.fill([size, h, w], IGNORE_LABEL),
+                 "valid": tf.ones([size, h, w], tf.bool), "image_labels": present,
+                 "box_mask": tf.zeros([size, h, w, num_classes], tf.bool),
+                 "image": tf.zeros([size, 1, 1, 3])}
+        with tf.GradientTape() as tape:
+            scores = tf.einsum("bhwf,fc->bhwc", x, kernel) + bias  # (B, h, w, C)
+            targets, _ = targets_lib.compute_targets(scores, batch, estep_config,
+                                                     seed=step_seed)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                targets, scores))
+        optimizer.apply_gradients(zip(tape.gradient(loss, [kernel, bias]), [kernel, bias]))
+
+    rng = np.random.default_rng(seed)
+    for i in range(num_steps):
+        pick = rng.choice(n, size=min(batch_size, n), replace=False)
+        step(tf.constant(features[pick]), tf.constant(labels[pick]),
+             tf.constant([seed, i], tf.int32))
+    return kernel.numpy(), bias.numpy()
