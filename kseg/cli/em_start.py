@@ -93,11 +93,11 @@ def main(argv):
           f"{100 * quality['fg_precision']:.1f}% (chance, the foreground share: "
           f"{100 * quality['fg_share']:.1f}%), right class {100 * quality['class_precision']:.1f}%")
 
+    frozen = frozen_fc8(network, kind, exp, read("train", FLAGS.num_train_images),
+                        (images, labels), num_classes)
     height = min(i.shape[0] for i in images)
     width = min(i.shape[1] for i in images)
     batch = np.stack([i[:height, :width] for i in images])  # (N, H, W, 3)
-    frozen = frozen_fc8(network, kind, exp, read("train", FLAGS.num_train_images),
-                        (batch, [label[:height, :width] for label in labels]), num_classes)
     names = [layer.name for layer in network.layers if getattr(layer, "kernel", None) is not None]
     dependence = [diagnostics.input_dependence(a)
                   for a in diagnostics.layer_activations(network, batch, names)]
