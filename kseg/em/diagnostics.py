@@ -110,6 +110,20 @@ def at_score_map(label: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(label)[::STRIDE, ::STRIDE][:height, :width]
 
 
+def image_label_batch(kind: str, present, valid) -> dict:
+    """The batch `kseg.em.targets.compute_targets` reads for image-label
+    examples of one `kind`: present (B, C) multi-hot, valid (B, h, w) bool;
+    no mask, box or image (the E-step CRF is not run here)."""
+    import tensorflow as tf
+
+    from kseg.constants import KIND_ID
+    shape = tf.shape(valid)  # (B, h, w)
+    return {"kind": tf.fill(shape[:1], KIND_ID[kind]), "label": tf.fill(shape, IGNORE_LABEL),
+            "valid": valid, "image_labels": present,
+            "box_mask": tf.zeros(tf.concat([shape, tf.shape(present)[1:]], 0), tf.bool),
+            "image": tf.zeros(tf.concat([shape[:1], [1, 1, 3]], 0))}
+
+
 def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                   kind: str, estep_config, seed: int = 0) -> list[np.ndarray]:
     """The E-step of `kind` ("em_fixed" or "em_adapt") on whole images.
@@ -122,7 +136,6 @@ def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.nda
     import tensorflow as tf
 
     from kseg import model as model_lib
-    from kseg.constants import KIND_ID
     from kseg.em import targets as targets_lib
 
     if kind not in ("em_fixed", "em_adapt"):
@@ -133,12 +146,8 @@ def estep_targets(network, images: Sequence[np.ndarray], labels: Sequence[np.nda
         scores = network(model_lib.preprocess(tf.constant(image[None])), training=False)
         h, w = scores.shape[1:3]  # (1, h, w, C)
         small = at_score_map(label, h, w)  # (h, w)
-        batch = {"kind": tf.constant([KIND_ID[kind]]),
-                 "label": tf.fill([1, h, w], IGNORE_LABEL),
-                 "valid": tf.constant(small[None] != IGNORE_LABEL),
-                 "image_labels": tf.constant(image_labels(small, scores.shape[-1])[None]),
-                 "box_mask": tf.zeros([1, h, w, scores.shape[-1]], tf.bool),
-                 "image": tf.zeros([1, 1, 1, 3])}
+        batch = image_label_batch(kind, tf.constant(image_labels(small, scores.shape[-1])[None]),
+                                  tf.constant(small[None] != IGNORE_LABEL))
         target, _ = targets_lib.compute_targets(scores, batch, estep_config,
                                                 seed=tf.constant([seed, i]))
         out.append(target[0].numpy())
@@ -227,7 +236,6 @@ def frozen_em(features: np.ndarray, masks: np.ndarray, num_classes: int, kind: s
     import keras
     import tensorflow as tf
 
-    from kseg.constants import KIND_ID
     from kseg.em import targets as targets_lib
 
     if kind not in ("em_fixed", "em_adapt"):
@@ -242,12 +250,7 @@ def frozen_em(features: np.ndarray, masks: np.ndarray, num_classes: int, kind: s
 
     @tf.function
     def step(x, present, step_seed):
-        size = tf.shape(x)[0]
-        batch = {"kind": tf.fill([size], KIND_ID[kind]),
-                 "label": tf.fill([size, h, w], IGNORE_LABEL),
-                 "valid": tf.ones([size, h, w], tf.bool), "image_labels": present,
-                 "box_mask": tf.zeros([size, h, w, num_classes], tf.bool),
-                 "image": tf.zeros([size, 1, 1, 3])}
+        batch = image_label_batch(kind, present, tf.ones([tf.shape(x)[0], h, w], tf.bool))
         with tf.GradientTape() as tape:
             scores = tf.einsum("bhwf,fc->bhwc", x, kernel) + bias  # (B, h, w, C)
             targets, _ = targets_lib.compute_targets(scores, batch, estep_config,
