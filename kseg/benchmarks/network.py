@@ -23,7 +23,11 @@ kseg's commands leave it, TensorFlow's default, unless `inter_op` says; PyTorch'
 inter-op pool 1 thread). The parent sets up a row in both (build, trace or
 compile, warm up), then alternates timed rounds between them, the other
 worker idle meanwhile, so load from elsewhere falls on both alike; images/s
-come from the median step time over all rounds. Without PyTorch installed
+come from the median step time over all rounds. kseg's `infer` and `serve`
+rows run in a second kseg worker started as kseg's inference commands start
+(`kseg.inference.runtime.assume_frozen_weights`: oneDNN reorders each
+kernel once, not on every call); its training rows in one started as
+`train.py` is, without it. Without PyTorch installed
 (`pip install -e '.[bench]'`) the kseg columns alone are printed.
 
 FLOPs are counted from the layers: 2 x the multiply-adds of every
@@ -304,10 +308,13 @@ def _worker_loop(framework: str, threads: int, inter_op: int) -> None:
 class _Worker:
     """A worker process (`_worker_loop`) and its request/reply pipe."""
 
-    def __init__(self, framework: str, threads: int, inter_op: int):
+    def __init__(self, framework: str, threads: int, inter_op: int, inference: bool = False):
         self.framework = framework
         self._stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS=str(threads))
+        if framework == "kseg" and inference:
+            from kseg.inference import runtime
+            runtime.assume_frozen_weights(env)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "kseg.benchmarks.network", f"--worker={framework}",
              f"--threads={threads}", f"--inter_op={inter_op}"],
@@ -367,12 +374,23 @@ def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: 
               "gemm_size": gemm_size,
               "load_average_before": round(os.getloadavg()[0], 2), "peak": machine_peak(threads),
               "torch": with_torch, "rows": []}
-    workers = {}
+    # kseg's training rows in a worker started as train.py is, its inference rows
+    # in one started as the inference commands are (the module docstring).
+    kseg_workers = {}
+
+    def workers_for(row) -> dict:
+        inference = row.mode != "train"
+        if inference not in kseg_workers:
+            kseg_workers[inference] = _Worker("kseg", threads, inter_op, inference)
+        return {"kseg": kseg_workers[inference], **torch_worker}
+
+    torch_worker = {}
     try:
-        for framework in frameworks:
-            workers[framework] = _Worker(framework, threads, inter_op)
-        result["gemm"] = workers["kseg"].request("gemm", n=gemm_size)
+        if with_torch:
+            torch_worker["torch"] = _Worker("torch", threads, inter_op)
+        result["gemm"] = workers_for(Row("train", 1))["kseg"].request("gemm", n=gemm_size)
         for row in rows:
+            workers = workers_for(row)
             out = {"name": row.name, "row": row.as_dict()}
             for framework, worker in workers.items():
                 info = worker.request("setup", row=row.as_dict(),
@@ -393,7 +411,7 @@ def benchmark_network(rows, threads: int | None = None, rounds: int = 3, steps: 
             if progress:
                 progress(format_row(out, result))
     finally:
-        for worker in workers.values():
+        for worker in [*kseg_workers.values(), *torch_worker.values()]:
             worker.close()
     result["load_average_after"] = round(os.getloadavg()[0], 2)
     return result

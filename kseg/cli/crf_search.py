@@ -23,6 +23,7 @@ from absl import app, flags
 from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
 from kseg.crf import search as crf_search
+from kseg.inference import runtime
 from kseg.utils import files
 
 FLAGS = flags.FLAGS
@@ -83,6 +84,8 @@ def main(argv):
 
 def run():
     """The command: its flags, then `main`."""
+    # Inference only: oneDNN may keep the restored kernels (kseg.inference.runtime).
+    runtime.assume_frozen_weights()
     define_flags()
     cli_app.run(main)
 

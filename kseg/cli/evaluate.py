@@ -34,6 +34,7 @@ from kseg.cli import flags as cli_flags
 from kseg.crf import evaluate as crf_eval
 from kseg.data import palette
 from kseg.evaluation import metrics
+from kseg.inference import runtime
 from kseg.utils.progress import Progress
 
 FLAGS = flags.FLAGS
@@ -97,6 +98,8 @@ def main(argv):
 
 def run():
     """The `kseg-evaluate` command."""
+    # Inference only: oneDNN may keep the restored kernels (kseg.inference.runtime).
+    runtime.assume_frozen_weights()
     define_flags()
     cli_app.run(main)
 

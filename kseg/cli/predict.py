@@ -20,7 +20,7 @@ from absl import flags
 
 from kseg.cli import app as cli_app
 from kseg.cli import flags as cli_flags
-from kseg.inference import predict
+from kseg.inference import predict, runtime
 
 FLAGS = flags.FLAGS
 
@@ -64,6 +64,8 @@ def main(argv):
 
 def run():
     """The `kseg-predict` command."""
+    # Inference only: oneDNN may keep the restored kernels (kseg.inference.runtime).
+    runtime.assume_frozen_weights()
     define_flags()
     cli_app.run(main)
 
