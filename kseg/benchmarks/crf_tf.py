@@ -12,8 +12,9 @@ Medians over the rounds are reported.
 On n cores:
   * TF, one image: intra- and inter-op threads = n, sparse products cut into
     n row blocks (``num_blocks``) -- the latency of one request;
-  * TF, n in flight: n images, each called from its own thread with one
-    block (what ``evaluate.py --crf --crf_impl=tf --workers=n`` does,
+  * TF, n in a pool: n images at once in a :class:`kseg.crf.evaluate.TFCRFPool`
+    of n processes, TensorFlow on one thread in each, started and warmed up
+    beforehand (what ``evaluate.py --crf --crf_impl=tf --workers=n`` does,
     :func:`kseg.crf.evaluate.crf_predictions`) -- seconds per image = wall
     time / n;
   * pydensecrf: single-threaded C++, so on n cores it runs n images at once
@@ -23,7 +24,7 @@ On n cores:
 Each figure also comes as CPU seconds per image (the process's CPU time, or
 for pydensecrf in the pool the worker's own), which other work on the
 machine changes far less than wall time: on a loaded machine compare those.
-The TF/pydensecrf ratio takes TF's n in flight on n > 1 cores (the
+The TF/pydensecrf ratio takes TF's pool on n > 1 cores (the
 throughput a split gets), its one image on one core.
 """
 
@@ -40,7 +41,7 @@ import numpy as np
 
 from kseg.benchmarks.crf import synthetic_crf_input
 from kseg.crf.dense import CRFParams, dense_crf
-from kseg.crf.evaluate import CRFSample, CRFSetting, crf_predictions
+from kseg.crf.evaluate import CRFSample, CRFSetting, TFCRFPool, crf_predictions
 
 
 def _pydensecrf_labels(job):
@@ -49,6 +50,17 @@ def _pydensecrf_labels(job):
     start = time.process_time()
     labels = dense_crf(image, probs, params)[1]
     return labels, time.process_time() - start
+
+
+def _cpu_seconds(pids):
+    """User + system CPU seconds of these processes so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
 
 
 def _measure(cores, rounds, height, width, num_labels, params):
@@ -70,14 +82,16 @@ def _measure(cores, rounds, height, width, num_labels, params):
     reference = [dense_crf(image, p, params)[1] for image, p in cases]
     agreement = float(np.mean(np.stack(tf_labels) == np.stack(reference)))
 
-    pool = None
+    pool = tf_pool = None
     if cores > 1:
         pool = multiprocessing.get_context("spawn").Pool(cores)
         pool.map(_pydensecrf_labels, [(c[0], c[1], params) for c in cases])  # warm up
+        tf_pool = TFCRFPool(cores)
+        list(tf_pool.predictions(samples, setting))  # start, trace and warm up
 
     times = {"tf_one_image": [], "pydensecrf": [], "tf_one_image_cpu": [], "pydensecrf_cpu": []}
     if cores > 1:
-        times.update(tf_in_flight=[], tf_in_flight_cpu=[])
+        times.update(tf_pool=[], tf_pool_cpu=[])
     jobs = [(c[0], c[1], params) for c in cases]
 
     def timed(name, run, per=1):
@@ -89,8 +103,10 @@ def _measure(cores, rounds, height, width, num_labels, params):
     for _ in range(rounds):
         timed("tf_one_image", lambda: crf(images[:1], probs[:1])[1].numpy())
         if cores > 1:
-            timed("tf_in_flight",
-                  lambda: list(crf_predictions(samples, setting, cores, impl="tf")), cores)
+            start, cpu = time.perf_counter(), _cpu_seconds(tf_pool.pids)
+            list(tf_pool.predictions(samples, setting))
+            times["tf_pool"].append((time.perf_counter() - start) / cores)
+            times["tf_pool_cpu"].append((_cpu_seconds(tf_pool.pids) - cpu) / cores)
             start = time.perf_counter()
             cpu = [seconds for _, seconds in pool.map(_pydensecrf_labels, jobs)]
             times["pydensecrf"].append((time.perf_counter() - start) / cores)
@@ -100,6 +116,7 @@ def _measure(cores, rounds, height, width, num_labels, params):
     if pool is not None:
         pool.close()
         pool.join()
+        tf_pool.close()
     return {"cores": cores, "label_agreement": round(agreement, 5),
             **{name: round(statistics.median(values), 3) for name, values in times.items()}}
 
@@ -111,7 +128,7 @@ def benchmark_crf_tf(height=375, width=500, num_labels=21, rounds=5, cores=(1, 2
     Returns:
       dict: the workload, ``'load_average_before'`` (1-minute; well above 0
       means other work shared the cores and wall times are inflated), and
-      ``'runs'``: per core count ``{'cores', 'tf_one_image', ['tf_in_flight',]
+      ``'runs'``: per core count ``{'cores', 'tf_one_image', ['tf_pool',]
       'pydensecrf', 'label_agreement'}`` in seconds per image, each also as CPU
       seconds per image (``'..._cpu'``: the process's, or the pool worker's
       own, for pydensecrf), the agreement being the fraction of equal TF
@@ -142,10 +159,10 @@ def format_result(result):
              f"{result['num_iter']} iterations, median of {result['rounds']} alternating "
              f"rounds (load average before: {result['load_average_before']}):"]
     for run in result["runs"]:
-        tf_name = "tf_in_flight" if "tf_in_flight" in run else "tf_one_image"
+        tf_name = "tf_pool" if "tf_pool" in run else "tf_one_image"
         tf_part = f"TF one image {run['tf_one_image']:.2f} s"
-        if "tf_in_flight" in run:
-            tf_part += f", {run['cores']} in flight {run['tf_in_flight']:.2f} s/image"
+        if "tf_pool" in run:
+            tf_part += f", {run['cores']} in a pool {run['tf_pool']:.2f} s/image"
         lines.append(
             f"  {run['cores']} core(s): {tf_part}; pydensecrf {run['pydensecrf']:.2f} s/image; "
             f"TF/pydensecrf {_ratio(run[tf_name], run['pydensecrf'])} (CPU seconds per image "

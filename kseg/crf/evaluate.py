@@ -17,9 +17,9 @@ parameters recorded next to scores all use this convention.
 
 Two implementations of the same CRF (``impl``, the ``--crf_impl`` flag):
 ``'pydensecrf'`` (the default), pydensecrf's C++ in the process pool, and
-``'tf'``, :mod:`kseg.crf.tf_dense` in this process, with one image in
-flight per worker (a thread each; TensorFlow runs the calls side by side on
-its threads, as the pool runs processes). They agree on >= 99% of pixels
+``'tf'``, :mod:`kseg.crf.tf_dense`, in this process with one worker and
+otherwise in a pool of processes that each run TensorFlow on one thread
+(:class:`TFCRFPool`), as the pydensecrf pool runs its processes. They agree on >= 99% of pixels
 (tests); pydensecrf stays the default until BENCHMARKS.md shows the TF one
 at least as fast on an idle machine.
 
@@ -32,10 +32,10 @@ TensorFlow would spend seconds and hundreds of MB on it for nothing.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import multiprocessing
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -126,33 +126,81 @@ def _tf_crf_function(setting: CRFSetting, num_labels: int):
                                        setting.reference_size or None)
 
 
+def _tf_worker_start() -> None:
+    """Pool initializer: TensorFlow runs each op on one thread (this process
+    runs one image at a time; the pool's processes share the cores)."""
+    import tensorflow as tf  # in the worker only (module docstring)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _tf_crf_labels(job) -> np.ndarray:
+    """Pool job: (image, probs, CRFSetting) -> (H, W) uint8 labels of :mod:`kseg.crf.tf_dense`."""
+    image, probs, setting = job
+    crf = _tf_crf_function(setting, probs.shape[-1])
+    _, labels = crf(image[None], probs[None].astype(np.float32))
+    return labels[0].numpy().astype(np.uint8)
+
+
+class TFCRFPool:
+    """``workers`` processes that run :mod:`kseg.crf.tf_dense`, one image each at a time.
+
+    Each process runs TensorFlow with one intra- and one inter-op thread, so
+    ``workers`` images proceed side by side, one per core, as the pydensecrf
+    pool runs them. Measured on 2 cores (BENCHMARKS.md): faster than
+    ``workers`` images in flight on threads of one process whose ops split
+    over both cores, and than one image with its products cut in row blocks.
+    The pool lives for a whole split (each process imports TensorFlow and
+    traces the CRF once, a few seconds), and holds at most 2 images per
+    process at once however long the split. Use as a context manager.
+    """
+
+    def __init__(self, workers: int, start_method: str = START_METHOD):
+        context = multiprocessing.get_context(start_method)
+        self.workers = workers
+        self._pool = context.Pool(workers, initializer=_tf_worker_start)
+
+    def predictions(self, samples: Iterable[CRFSample], setting: CRFSetting
+                    ) -> Iterator[tuple[CRFSample, np.ndarray]]:
+        """(sample, (H, W) uint8 labels) for every sample, in order."""
+        pending = collections.deque()  # (sample, AsyncResult), oldest first
+        for sample in samples:
+            job = (sample.image, sample.probs, setting)
+            pending.append((sample, self._pool.apply_async(_tf_crf_labels, (job,))))
+            if len(pending) >= 2 * self.workers:
+                oldest, result = pending.popleft()
+                yield oldest, result.get()
+        while pending:
+            oldest, result = pending.popleft()
+            yield oldest, result.get()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (e.g. to read their CPU time)."""
+        return [process.pid for process in self._pool._pool]
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> "TFCRFPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _tf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
                     workers: int) -> Iterator[tuple[CRFSample, np.ndarray]]:
-    """(sample, (H, W) uint8 labels) with :mod:`kseg.crf.tf_dense`, in this process, in order.
-
-    ``workers`` images are in flight at once, each called from its own
-    thread: TensorFlow releases the GIL while it runs, so the calls proceed
-    side by side on its inter-op threads (one image per core, as the
-    pydensecrf pool runs them; on 2 cores this measured faster than one
-    image at a time with its sparse products cut into row blocks, whose
-    lattice construction runs on one core). Results do not depend on
-    ``workers``.
-    """
-    def run(sample):
-        crf = _tf_crf_function(setting, sample.probs.shape[-1])
-        _, labels = crf(sample.image[None], sample.probs[None].astype(np.float32))
-        return labels[0].numpy().astype(np.uint8)
-
-    pending = collections.deque()  # (sample, future), oldest first
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    """(sample, (H, W) uint8 labels) with :mod:`kseg.crf.tf_dense`, in order:
+    one worker in this process, more in a :class:`TFCRFPool`. Results do not
+    depend on ``workers``."""
+    if workers == 1:
         for sample in samples:
-            pending.append((sample, pool.submit(run, sample)))
-            if len(pending) >= workers:
-                oldest, future = pending.popleft()
-                yield oldest, future.result()
-        while pending:
-            oldest, future = pending.popleft()
-            yield oldest, future.result()
+            yield sample, _tf_crf_labels((sample.image, sample.probs, setting))
+        return
+    with TFCRFPool(workers) as pool:
+        yield from pool.predictions(samples, setting)
 
 
 def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
@@ -165,8 +213,9 @@ def crf_predictions(samples: Iterable[CRFSample], setting: CRFSetting,
     (default IMAGES_PER_WORKER per worker) and each chunk runs over a process
     pool, so only that many probability maps are in memory however long the
     split (a VOC image's 500x375x21 float32 map is 16 MB). ``workers=1`` runs
-    in this process. With ``impl='tf'`` every image runs in this process
-    through :mod:`kseg.crf.tf_dense`, ``workers`` images at a time.
+    in this process. With ``impl='tf'`` every image runs through
+    :mod:`kseg.crf.tf_dense`, in one :class:`TFCRFPool` of ``workers``
+    processes for the whole split (``workers=1``: in this process).
     """
     if impl not in CRF_IMPLEMENTATIONS:
         raise ValueError(f"--crf_impl must be one of {', '.join(CRF_IMPLEMENTATIONS)}, "

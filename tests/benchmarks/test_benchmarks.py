@@ -38,13 +38,14 @@ def test_benchmark_crf_tiny():
 
 @pytest.mark.slow
 def test_benchmark_crf_tf_tiny():
-    # Two cores: the pool, the images in flight and the blocked single image all run.
+    # Two cores: the pydensecrf pool, the TF pool and the blocked single image all run.
     result = crf_tf_bench.benchmark_crf_tf(height=9, width=11, num_labels=3, rounds=1,
                                            cores=(2,), params=FAST)
     [run] = result["runs"]
-    assert run["cores"] == 2 and {"tf_one_image", "tf_in_flight", "pydensecrf"} <= set(run)
+    assert run["cores"] == 2 and {"tf_one_image", "tf_pool", "pydensecrf"} <= set(run)
     # Same model, two implementations: (almost) the same labels.
     assert run["label_agreement"] > 0.9
+    assert run["tf_pool_cpu"] > 0 and run["pydensecrf_cpu"] > 0
     assert "2 core(s)" in crf_tf_bench.format_result(result)[1]
 
 
