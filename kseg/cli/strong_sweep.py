@@ -1,13 +1,15 @@
-"""EM-Fixed (semi) against strong training on the strong images alone, over the
-number of strong images (the paper's Table 1: 200 / 500 / 750 / 1,000 of 10,582).
+"""Semi-supervised training (EM-Fixed, the paper's; EM-Adapt) against strong training
+on the strong images alone, over the number of strong images (the paper's Table 1:
+200 / 500 / 750 / 1,000 of 10,582).
 
     python scripts/strong_sweep.py [--num_strong=20,50,100,200] [--runs_dir=runs] \
-        [--out=docs/results/strong_sweep]
+        [--semi_flagfiles=flags/semi_em_fixed.cfg,flags/semi_em_adapt.cfg] \
+        [--sweep_out=docs/results/strong_sweep]
 
 Trains (or reuses) one run of each flagfile per number, in
 <runs_dir>/<name>_n<N> (<runs_dir>/<name> for the flagfiles' own 100), then
 writes <out>.md (table) and <out>.png (mIoU against the number of strong
-images, both curves; needs matplotlib: pip install -e .[plot]).
+images, a curve per flagfile; needs matplotlib: pip install -e .[plot]).
 """
 
 import os
@@ -24,7 +26,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defines this command's flags (in absl's global FLAGS)."""
     flags.DEFINE_list("num_strong", ["20", "50", "100", "200"], "Numbers of strong images.")
-    flags.DEFINE_string("semi_flagfile", "flags/semi_em_fixed.cfg", "Semi-supervised flagfile.")
+    flags.DEFINE_list("semi_flagfiles", ["flags/semi_em_fixed.cfg", "flags/semi_em_adapt.cfg"],
+                      "Semi-supervised flagfiles, a curve each.")
     flags.DEFINE_string("strong_flagfile", "flags/strong_subset.cfg", "Strong-subset flagfile.")
     flags.DEFINE_integer("flagfile_num_strong", 100, "The flagfiles' own --num_strong (its "
                          "runs are shared with scripts/results_table.py).")
@@ -52,7 +55,7 @@ def curves(flagfiles, numbers, runs_dir: str, flagfile_num_strong: int, extra=()
 def main(argv):
     del argv
     numbers = sorted(set(map(int, FLAGS.num_strong)))
-    results = curves((FLAGS.semi_flagfile, FLAGS.strong_flagfile), numbers, FLAGS.runs_dir,
+    results = curves((*FLAGS.semi_flagfiles, FLAGS.strong_flagfile), numbers, FLAGS.runs_dir,
                      FLAGS.flagfile_num_strong, FLAGS.extra)
     os.makedirs(os.path.dirname(FLAGS.sweep_out) or ".", exist_ok=True)
     names = list(results)
@@ -73,6 +76,7 @@ def main(argv):
         return
     figure, axes = pyplot.subplots(figsize=(5, 3.5), dpi=120)
     labels = {"semi_em_fixed": "EM-Fixed (semi): strong + the rest image labels",
+              "semi_em_adapt": "EM-Adapt (semi): strong + the rest image labels",
               "strong_subset": "strong images alone"}
     for name, points in results.items():
         axes.plot(*zip(*points), marker="o", label=labels.get(name, name))
