@@ -45,7 +45,8 @@ def test_benchmark_crf_tf_tiny():
     assert run["cores"] == 2 and {"tf_one_image", "tf_pool", "pydensecrf"} <= set(run)
     # Same model, two implementations: (almost) the same labels.
     assert run["label_agreement"] > 0.9
-    assert run["tf_pool_cpu"] > 0 and run["pydensecrf_cpu"] > 0
+    # CPU seconds come in clock ticks (10 ms): a tiny image may take none.
+    assert run["tf_pool_cpu"] >= 0 and run["pydensecrf_cpu"] >= 0
     assert "2 core(s)" in crf_tf_bench.format_result(result)[1]
 
 
