@@ -78,16 +78,18 @@ def _measure(cores, rounds, height, width, num_labels, params):
     crf(images[:1], probs[:1])  # trace and warm up
     samples = [CRFSample(str(i), c[0], None, c[1]) for i, c in enumerate(cases)]
     setting = CRFSetting(params, reference_size=0)  # the stds as given, as above
-    tf_labels = [labels for _, labels in crf_predictions(samples, setting, cores, impl="tf")]
-    reference = [dense_crf(image, p, params)[1] for image, p in cases]
-    agreement = float(np.mean(np.stack(tf_labels) == np.stack(reference)))
 
     pool = tf_pool = None
     if cores > 1:
         pool = multiprocessing.get_context("spawn").Pool(cores)
         pool.map(_pydensecrf_labels, [(c[0], c[1], params) for c in cases])  # warm up
         tf_pool = TFCRFPool(cores)
-        list(tf_pool.predictions(samples, setting))  # start, trace and warm up
+    # What evaluate.py's --crf_impl=tf gives (its pool started, traced and warmed up here).
+    predictions = (tf_pool.predictions(samples, setting) if tf_pool is not None
+                   else crf_predictions(samples, setting, cores, impl="tf"))
+    tf_labels = [labels for _, labels in predictions]
+    reference = [dense_crf(image, p, params)[1] for image, p in cases]
+    agreement = float(np.mean(np.stack(tf_labels) == np.stack(reference)))
 
     times = {"tf_one_image": [], "pydensecrf": [], "tf_one_image_cpu": [], "pydensecrf_cpu": []}
     if cores > 1:

@@ -1,7 +1,9 @@
 """Run an independent per-item job (dense CRF, Bbox-Seg) over a process pool.
 
 Images are independent (docs/evaluation.md), so CRF post-processing scales with the
-number of cores; :func:`ordered_map` is the one place that owns the pool.
+number of cores; :func:`ordered_map` is the one place that owns a per-call pool.
+The TensorFlow CRF keeps one pool for a whole split instead
+(:class:`kseg.crf.evaluate.TFCRFPool`): its workers start TensorFlow, seconds each.
 """
 
 import functools
