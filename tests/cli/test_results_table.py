@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from kseg.cli import results_table
 
 
@@ -54,3 +56,30 @@ def test_strong_sweep_orders_the_numbers_and_shares_the_flagfiles_runs(tmp_path,
                      "strong_subset_n20", "strong_subset", "strong_subset_n200"]
     assert out["strong_subset"] == [(20, 2.0), (100, 10.0), (200, 20.0)]
     assert [n for n, _ in out["semi_em_fixed"]] == [20, 100, 200]
+
+
+def test_strong_sweep_repeats_only_the_close_points_with_seed_1(tmp_path, monkeypatch):
+    from kseg.cli import strong_sweep
+    calls = []
+
+    def fake(flagfile, model_dir, extra=(), seed=0, crf=False):
+        calls.append((os.path.relpath(model_dir, tmp_path), seed))
+        n = int(extra[0].split("=")[1])
+        semi = {20: 0.30, 100: 0.711, 200: 0.752}
+        strong = {20: 0.472, 100: 0.66, 200: 0.756}
+        value = (semi if "semi" in flagfile else strong)[n]
+        return {"miou": value + (0.01 if seed == 1 else 0.0)}
+    monkeypatch.setattr(strong_sweep.results_table, "train_and_evaluate", fake)
+    flagfiles = ["flags/semi_em_fixed.cfg", "flags/strong_subset.cfg"]
+    first = strong_sweep.curves(flagfiles, [20, 100, 200], str(tmp_path), 100)
+    close = strong_sweep.close_points(first, "strong_subset", 2.0)
+    assert close == {("semi_em_fixed", 200), ("strong_subset", 200)}
+    calls.clear()
+    repeats = strong_sweep.curves(flagfiles, [20, 100, 200], str(tmp_path), 100, seed=1,
+                                  only=close)
+    assert calls == [("semi_em_fixed_n200_seed1", 1), ("strong_subset_n200_seed1", 1)]
+    seeded = strong_sweep.with_seeds(first, repeats)
+    assert seeded["strong_subset"][0][1] == pytest.approx([47.2])
+    (n, values), = seeded["semi_em_fixed"][2:]
+    assert n == 200 and values == pytest.approx([75.2, 76.2])
+    assert strong_sweep._cell(values) == "75.2 / 76.2 (75.7)"
