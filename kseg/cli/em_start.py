@@ -10,6 +10,10 @@ first annotated images of --split, and prints
 
 - how the E-step's targets match the masks: mIoU, foreground precision
   against its chance level (the foreground share), right-class precision;
+- what the network's own wrong pixels are (`diagnostics.error_sources`): the
+  share that puts a class the image does not contain, the only errors an
+  image-label E-step can correct, against background on objects, objects on
+  background and another present class on objects;
 - fc8 alone on the network's fixed features, trained on --num_train_images
   train images by the E-step from their image labels (--frozen_steps), and
   by least squares on their masks (what the features allow): the val mIoU of
@@ -54,8 +58,10 @@ def define_flags():
 def main(argv):
     del argv
     import keras
+    import tensorflow as tf
 
     from kseg import experiment
+    from kseg.inference.segment import segment
     from kseg.data import pipeline, records
     from kseg.em import diagnostics
 
@@ -92,6 +98,15 @@ def main(argv):
     print(f"  targets: mIoU {100 * quality['miou']:.1f}%, foreground precision "
           f"{100 * quality['fg_precision']:.1f}% (chance, the foreground share: "
           f"{100 * quality['fg_share']:.1f}%), right class {100 * quality['class_precision']:.1f}%")
+    predictions = [np.argmax(segment(network, tf.constant(image[None]))[0], axis=-1)
+                   for image in images]
+    sources = diagnostics.error_sources(predictions, labels)
+    print(f"  the network's own labels at full resolution: {100 * sources['error']:.1f}% of "
+          f"pixels wrong; errors the image labels can correct (a class the image does not "
+          f"contain) {100 * sources['absent']:.1f}%, background on objects "
+          f"{100 * sources['missed']:.1f}%, objects' classes on background "
+          f"{100 * sources['spill']:.1f}%, another present class on objects "
+          f"{100 * sources['swapped']:.1f}%")
 
     frozen = frozen_fc8(network, kind, exp, read("train", FLAGS.num_train_images),
                         (images, labels), num_classes)

@@ -96,6 +96,47 @@ def target_quality(targets: Iterable[np.ndarray], labels: Iterable[np.ndarray],
             "miou": metrics.scores_from_confusion(confusion)["miou"]}
 
 
+def error_sources(predictions: Iterable[np.ndarray], labels: Iterable[np.ndarray]) -> dict:
+    """What a network's wrong pixels are, and which of them image labels can correct.
+
+    An image-label E-step (EM-Fixed, EM-Adapt) sees the network's scores and
+    the classes present in the image: of the network's errors, it can remove
+    those that put a class the image does not contain (`absent`); the others
+    put a present class in the wrong place, which image labels do not say.
+
+    predictions, labels: matching (H, W) int arrays, one image each (255 in a
+    label is not counted; the image's classes are its mask's, background
+    always among them). Returns a dict of
+      error: share of the counted pixels labelled wrongly;
+      absent: share of those errors with a class absent from the image;
+      missed: background on a present object;
+      spill: a present object's class on background;
+      swapped: another present object's class on an object.
+    (absent + missed + spill + swapped = 1.)
+
+    >>> p = [np.array([[0, 2, 1, 1]])]; y = [np.array([[0, 1, 0, 1]])]
+    >>> error_sources(p, y)
+    {'error': 0.5, 'absent': 0.5, 'missed': 0.0, 'spill': 0.5, 'swapped': 0.0}
+    """
+    counts = dict.fromkeys(("absent", "missed", "spill", "swapped"), 0)
+    counted = 0
+    for prediction, label in zip(predictions, labels):
+        prediction, label = np.asarray(prediction), np.asarray(label)
+        keep = label != IGNORE_LABEL
+        p, y = prediction[keep], label[keep]
+        counted += y.size
+        wrong = p != y
+        present = np.isin(p, np.union1d(np.unique(y), [0]))
+        counts["absent"] += np.sum(wrong & ~present)
+        counts["missed"] += np.sum(wrong & (p == 0))
+        counts["spill"] += np.sum(wrong & present & (p > 0) & (y == 0))
+        counts["swapped"] += np.sum(wrong & present & (p > 0) & (y > 0))
+    errors = sum(counts.values())
+    out = {"error": round(float(errors / counted), 4) if counted else 0.0}
+    out.update({k: round(float(v / errors), 4) if errors else 0.0 for k, v in counts.items()})
+    return out
+
+
 def image_labels(label: np.ndarray, num_classes: int) -> np.ndarray:
     """(C,) float32 multi-hot of the classes in a mask (255 ignored)."""
     present = np.unique(label[label != IGNORE_LABEL])

@@ -50,6 +50,22 @@ def test_target_quality_ignores_255_in_either():
     assert q["miou"] == pytest.approx((0.5 + 1 + 0.5) / 3)
 
 
+def test_error_sources_by_hand():
+    """Each kind of error counted once; 255 not counted; the image's classes are its mask's."""
+    labels = [np.array([[0, 0, 1, 1, 2, 255]]), np.array([[3, 3, 0, 0, 0, 0]])]
+    predictions = [np.array([[0, 3, 0, 2, 2, 1]]),   # right, absent 3, missed, swapped, right, -
+                   np.array([[3, 1, 3, 0, 0, 0]])]   # right, absent 1, spill, right x3
+    sources = diagnostics.error_sources(predictions, labels)
+    assert sources["error"] == pytest.approx(5 / 11, abs=1e-4)
+    assert sources["absent"] == 0.4  # the only errors the image labels can correct
+    assert (sources["missed"], sources["spill"], sources["swapped"]) == (0.2, 0.2, 0.2)
+
+
+def test_error_sources_without_errors():
+    assert diagnostics.error_sources([np.array([[0, 1]])], [np.array([[0, 1]])]) == {
+        "error": 0.0, "absent": 0.0, "missed": 0.0, "spill": 0.0, "swapped": 0.0}
+
+
 def _tiny_network(num_classes=4):
     return model_lib.build_deeplab(model_lib.ModelConfig(num_classes=num_classes, width=0.0625))
 
@@ -99,6 +115,7 @@ def test_em_start_script(tiny_records):
     assert "em_adapt E-step (fg_portion 0.1, bg_portion 0.4) from --init=random" in out.stdout
     assert "foreground precision" in out.stdout and "fc8" in out.stdout
     assert "fc8 alone on the frozen features, fitted on 4 train images" in out.stdout
+    assert "errors the image labels can correct" in out.stdout
     failed = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "em_start.py"), "--supervision=strong",
          f"--data_dir={tiny_records}", "--num_classes=6"], capture_output=True, text=True)
