@@ -188,7 +188,13 @@ def run_training(exp: Experiment, strategy: tf.distribute.Strategy | None = None
 
 def initial_network(exp: Experiment, init: str) -> keras.Model:
     """The network a run of `exp` starts from: built, `init` (as
-    `resolve_init` returns it) applied, then `exp.init_from`'s weights."""
+    `resolve_init` returns it) applied, then `exp.init_from`'s weights.
+
+    Seeded here with `exp.seed`, so that a run's fresh layers (fc8) start the
+    same whether or not this process has just drawn random numbers for
+    something else (making the embedded data or pretraining the backbone on
+    first use, which a later run of the same flagfile skips)."""
+    keras.utils.set_random_seed(exp.seed)
     network = model_lib.build_deeplab(exp.model)
     model_lib.initialise(network, exp.model.fov, init)
     if exp.init_from:

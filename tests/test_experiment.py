@@ -184,3 +184,17 @@ def test_init_from_a_single_scale_run_starts_multiscale_with_its_scores(tmp_path
     for name in model.MULTISCALE_LAYERS + ("fc8",):
         np.testing.assert_array_equal(again.get_layer(name).kernel,
                                       source_msc.get_layer(name).kernel)
+
+
+def test_the_starting_network_does_not_depend_on_earlier_random_draws(tmp_path):
+    """The first run of a flagfile makes the data and the backbone in its own process,
+    drawing random numbers a later run skips: both must start from the same fc8."""
+    exp = _tiny(str(tmp_path), str(tmp_path / "run"))
+    exp = dataclasses.replace(exp, init="random")
+    first = experiment.initial_network(exp, "random")
+    np.random.rand(10)
+    tf.random.uniform([10])
+    keras.random.normal([10], seed=keras.random.SeedGenerator(3))
+    second = experiment.initial_network(exp, "random")
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(a, b)
