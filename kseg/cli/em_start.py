@@ -61,9 +61,9 @@ def main(argv):
     import tensorflow as tf
 
     from kseg import experiment
-    from kseg.inference.segment import segment
     from kseg.data import pipeline, records
     from kseg.em import diagnostics
+    from kseg.inference.segment import segment
 
     exp = cli_flags.experiment_from_flags(model_dir="")
     kind = exp.data.supervision
