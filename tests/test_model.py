@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import keras
+import tensorflow as tf
 
 from kseg import model
 
@@ -247,3 +248,26 @@ def test_widened_classifier_keeps_the_single_scale_scores():
         model.widen_classifier([kernel, bias], msc)
     with pytest.raises(ValueError, match="does not widen"):
         model.widen_classifier(single.get_layer("fc8").get_weights(), single)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_direct_dilation_probe_tells_the_truth(dtype):
+    """Where the probe says yes, a traced dilated convolution has gradients; where
+    it says no, TensorFlow's kernels refuse them (oneDNN takes float16 only with
+    AVX-512 FP16; an earlier probe inside tf.init_scope recorded no gradient and
+    said yes everywhere)."""
+    x, kernel = tf.ones([1, 9, 9, 2], dtype), tf.ones([3, 3, 2, 2], dtype)
+
+    @tf.function
+    def gradients(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)
+        return tape.gradient(y, [x, kernel])
+
+    if model.direct_dilation_supported(dtype):
+        assert all(g is not None for g in gradients(x, kernel))
+    else:
+        with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                            tf.errors.NotFoundError)):
+            gradients(x, kernel)
