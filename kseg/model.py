@@ -77,8 +77,8 @@ def direct_dilation_supported(dtype: str) -> bool:
     """Whether this process's default device has dilated Conv2D kernels, gradients
     included, for `dtype`: oneDNN's on x86 CPUs (TensorFlow's default there) and
     cuDNN's do; TensorFlow's own CPU kernels (TF_ENABLE_ONEDNN_OPTS=0, some
-    other CPUs) compute no dilated gradient; oneDNN takes float16 only on CPUs
-    with AVX-512 FP16 support. Found out once per dtype by running the three ops
+    other CPUs) compute no dilated gradient, nor does oneDNN for float16 on some
+    CPUs (an AMD EPYC with AVX-512: measured). Found out once per dtype by running the three ops
     on a tiny case, eagerly (the ops themselves: `tf.init_scope` stops gradient
     tapes, so a tape would record nothing here and prove nothing)."""
     with tf.init_scope():

@@ -126,7 +126,7 @@ def error_sources(predictions: Iterable[np.ndarray], labels: Iterable[np.ndarray
         p, y = prediction[keep], label[keep]
         counted += y.size
         wrong = p != y
-        present = np.isin(p, np.union1d(np.unique(y), [0]))
+        present = np.isin(p, np.union1d(y, [0]))  # the image's classes
         counts["absent"] += np.sum(wrong & ~present)
         counts["missed"] += np.sum(wrong & (p == 0))
         counts["spill"] += np.sum(wrong & present & (p > 0) & (y == 0))
