@@ -78,19 +78,18 @@ def direct_dilation_supported(dtype: str) -> bool:
     included, for `dtype`: oneDNN's on x86 CPUs (TensorFlow's default there) and
     cuDNN's do; TensorFlow's own CPU kernels (TF_ENABLE_ONEDNN_OPTS=0, some
     other CPUs) compute no dilated gradient, nor does oneDNN for float16 on some
-    CPUs (an AMD EPYC with AVX-512: measured). Found out once per dtype by running the three ops
-    on a tiny case, eagerly (the ops themselves: `tf.init_scope` stops gradient
-    tapes, so a tape would record nothing here and prove nothing)."""
+    CPUs (an AMD EPYC with AVX-512: measured). Found out once per dtype by
+    running the three ops on a tiny case, eagerly (the ops themselves:
+    `tf.init_scope` stops gradient tapes, so a tape would record nothing here
+    and prove nothing)."""
     with tf.init_scope():
         try:
             x, kernel = tf.ones([1, 5, 5, 1], dtype), tf.ones([3, 3, 1, 1], dtype)
             y = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)
-            tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(x), filter=kernel, out_backprop=y, strides=[1, 1, 1, 1],
-                padding="SAME", dilations=[1, 2, 2, 1])
-            tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=tf.shape(kernel), out_backprop=y, strides=[1, 1, 1, 1],
-                padding="SAME", dilations=[1, 2, 2, 1])
+            conv = dict(out_backprop=y, strides=[1, 1, 1, 1], padding="SAME",
+                        dilations=[1, 2, 2, 1])
+            tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, **conv)
+            tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), **conv)
             return True
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                 tf.errors.NotFoundError):

@@ -253,8 +253,9 @@ def test_widened_classifier_keeps_the_single_scale_scores():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_direct_dilation_probe_tells_the_truth(dtype):
     """Where the probe says yes, a traced dilated convolution has gradients; where
-    it says no, TensorFlow's kernels refuse them (float16 on some CPUs; an earlier probe inside tf.init_scope recorded no gradient and
-    said yes everywhere)."""
+    it says no, TensorFlow's kernels refuse them (float16 on some CPUs; an
+    earlier probe inside tf.init_scope recorded no gradient and said yes
+    everywhere)."""
     x, kernel = tf.ones([1, 9, 9, 2], dtype), tf.ones([3, 3, 2, 2], dtype)
 
     @tf.function
